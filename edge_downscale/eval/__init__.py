@@ -57,7 +57,8 @@ def heldout_texts(domain: str, config: EvalConfig) -> tuple[list[str], list[str]
     """(texts for bits-per-byte capped at ``max_bytes``, all split texts for multiple choice).
 
     Documents are visited in a seeded random order; each contributes at most an eighth of the budget
-    (cut at a line end) so one long file cannot dominate a domain's figure.
+    (or 1/n of it when the split has n < 8 documents; cut at a line end) so one long file cannot
+    dominate a domain's figure.
     """
     from ..data import load_corpus
 
@@ -69,7 +70,7 @@ def heldout_texts(domain: str, config: EvalConfig) -> tuple[list[str], list[str]
     random.Random(f"{config.seed}:{domain}").shuffle(order)
     budget = config.max_bytes
     picked: list[str] = []
-    per_doc = max(budget // 8, 2000) if budget else None
+    per_doc = max(budget // min(8, len(texts)), 2000) if budget else None
     for i in order:
         text = texts[i]
         if budget is not None:

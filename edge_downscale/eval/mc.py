@@ -48,7 +48,7 @@ def build_items(texts: Sequence[str], *, n_items: int, context_chars: int, conti
     rng = random.Random(seed)
     need = context_chars + continuation_chars + 16
     long_docs = [t for t in texts if len(t) >= need]
-    if len(long_docs) < 2 or len(texts) < n_choices:
+    if not long_docs or len(texts) < 2:  # distractors must come from another document
         return []
     items: list[MCItem] = []
     attempts = 0

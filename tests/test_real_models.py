@@ -1,0 +1,85 @@
+"""The real pretrained model (SmolLM2-135M from its PyPI wheel) through both backends. CI runs these."""
+import inspect
+import json.decoder
+
+import pytest
+
+pytestmark = pytest.mark.real
+
+
+@pytest.fixture(scope="module")
+def heldout_docs_text():
+    """Held-out (test split) reference prose of the `docs` demo domain, ~8 KB."""
+    from edge_downscale.config import EvalConfig
+    from edge_downscale.eval import heldout_texts
+
+    texts, _ = heldout_texts("docs", EvalConfig(max_bytes=8000))
+    return texts
+
+
+@pytest.fixture(scope="module")
+def torch_smollm2(smollm2_gguf):
+    from edge_downscale.models.torch_backend import TorchBackend
+
+    return TorchBackend.from_ref(str(smollm2_gguf), context_length=512)
+
+
+@pytest.fixture(scope="module")
+def llama_smollm2(smollm2_gguf):
+    from edge_downscale.runtime.llamacpp import LlamaCppBackend
+
+    backend = LlamaCppBackend(smollm2_gguf, n_ctx=512)
+    yield backend
+    backend.close()
+
+
+def test_smollm2_pull_is_verified_and_dequantised_for_torch(smollm2_gguf, torch_smollm2):
+    from edge_downscale.models import check_gguf
+
+    info = check_gguf(smollm2_gguf)
+    assert info.architecture == "llama" and info.file_type == "Q4_1"
+    assert torch_smollm2.info["dequantized"] is True and "dequantised" in torch_smollm2.info["note"]
+    assert 134_000_000 < torch_smollm2.info["n_params"] < 135_000_000
+
+
+def test_bits_per_byte_agrees_between_torch_and_llama_cpp(torch_smollm2, llama_smollm2, heldout_docs_text):
+    from edge_downscale.eval import bits_per_byte
+
+    a = bits_per_byte(torch_smollm2, heldout_docs_text, max_length=512, stride=256)
+    b = bits_per_byte(llama_smollm2, heldout_docs_text, max_length=512, stride=256)
+    assert a.n_bytes == b.n_bytes > 4000
+    assert 0.5 < a.bits_per_byte < 1.5  # a real model on English prose, not a random one (~11 bits/byte)
+    assert abs(a.bits_per_byte - b.bits_per_byte) / a.bits_per_byte < 0.02, (a.bits_per_byte, b.bits_per_byte)
+
+
+def test_real_model_on_python_source(llama_smollm2):
+    from edge_downscale.eval import bits_per_byte
+
+    text = open(inspect.getsourcefile(json.decoder), encoding="utf-8").read()[:6000]
+    res = bits_per_byte(llama_smollm2, [text], max_length=512, stride=256)
+    assert res.n_windows > 2  # longer than one window
+    assert 0.6 < res.bits_per_byte < 1.2
+
+
+def test_multiple_choice_is_well_above_chance(llama_smollm2):
+    from edge_downscale.config import EvalConfig
+    from edge_downscale.eval import evaluate
+
+    res = evaluate(llama_smollm2, ["docs"], EvalConfig(max_bytes=2000, mc_items=30), progress=False)
+    mc = res["domains"]["docs"]["mc"]
+    assert mc["n_items"] == 30
+    assert mc["accuracy"] >= 0.5, mc  # chance is 0.25
+
+
+def test_cli_eval_end_to_end_writes_json(tmp_path, smollm2_gguf):
+    from click.testing import CliRunner
+
+    from edge_downscale.cli import cli
+
+    out = tmp_path / "r.json"
+    res = CliRunner().invoke(cli, ["eval", "smollm2-135m", "--backend", "llamacpp", "--domains", "docs,legal",
+                                   "--max-bytes", "3000", "--mc-items", "5", "--json", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "bits/byte" in res.output and "legal" in res.output
+    data = __import__("json").loads(out.read_text())
+    assert set(data["domains"]) == {"docs", "legal"} and data["mixed_bpb"] > 0
