@@ -150,7 +150,10 @@ def data_info(corpus_dir):
 @click.option("--device", default="cpu", show_default=True, help="torch device (cpu, cuda).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def eval_cmd(model, domains, backend, json_out, max_bytes, mc_items, max_length, stride, split, device, quiet):
-    """Bits-per-byte and multiple-choice accuracy of MODEL on held-out text of each domain."""
+    """Score MODEL: bits-per-byte and multiple-choice accuracy per domain.
+
+    MODEL is a registered name (see `models list`) or a path; held-out text is the test split.
+    """
     from .config import EvalConfig
     from .eval import evaluate, format_table, open_backend, save_results
 

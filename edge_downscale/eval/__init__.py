@@ -108,7 +108,8 @@ def evaluate(backend: Backend, domains: Sequence[str], config: EvalConfig | None
                             seed=config.seed)
         entry: dict[str, Any] = {"bpb": bpb.to_dict()}
         if config.mc_items:
-            mc = score_items(backend, items, max_length=config.max_length) if items else None
+            with tqdm(total=len(items), unit="item", desc=f"{domain} MC", disable=not progress, leave=False) as bar:
+                mc = score_items(backend, items, max_length=config.max_length, progress=bar) if items else None
             entry["mc"] = mc.to_dict() if mc else None
         entry["seconds"] = round(time.perf_counter() - t0, 2)
         results["domains"][domain] = entry

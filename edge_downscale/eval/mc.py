@@ -99,7 +99,8 @@ class MCResult:
         return dataclasses.asdict(self)
 
 
-def score_items(backend: Backend, items: Sequence[MCItem], *, max_length: int = 512) -> MCResult:
+def score_items(backend: Backend, items: Sequence[MCItem], *, max_length: int = 512,
+                progress=None) -> MCResult:
     """Accuracy of picking the true continuation by summed (and per-byte) log-probability."""
     if not items:
         raise EvalError("no multiple-choice items: the held-out split has too little text")
@@ -120,6 +121,8 @@ def score_items(backend: Backend, items: Sequence[MCItem], *, max_length: int = 
         per_byte = sums / np.array([len(c.encode("utf-8")) for c in item.choices])
         correct += int(np.argmax(sums) == item.answer)
         correct_norm += int(np.argmax(per_byte) == item.answer)
+        if progress is not None:
+            progress.update(1)
     n = len(items)
     return MCResult(accuracy=correct / n, accuracy_norm=correct_norm / n, n_items=n,
                     chance=1.0 / len(items[0].choices))

@@ -95,7 +95,7 @@ def load_torch(ref: str | os.PathLike | ModelRef, *, dtype: str = "float32", dev
                 kw = dict(gguf_file=m.path.name, local_files_only=True, trust_remote_code=False)
                 tok = transformers.AutoTokenizer.from_pretrained(str(m.path.parent), **kw)
                 model = transformers.AutoModelForCausalLM.from_pretrained(
-                    str(m.path.parent), torch_dtype=torch.float32, **kw)
+                    str(m.path.parent), dtype=torch.float32, **kw)
                 model.save_pretrained(tmp, safe_serialization=True)
                 tok.save_pretrained(tmp)
                 write_json_atomic(tmp / "edge_downscale_source.json",
@@ -107,7 +107,7 @@ def load_torch(ref: str | os.PathLike | ModelRef, *, dtype: str = "float32", dev
             raise ModelFormatError(f"{load_dir}: no tokenizer files (tokenizer.json); save the tokenizer next to the model")
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(load_dir), local_files_only=True, trust_remote_code=False)
     model = transformers.AutoModelForCausalLM.from_pretrained(
-        str(load_dir), torch_dtype=torch_dtype, local_files_only=True, trust_remote_code=False,
+        str(load_dir), dtype=torch_dtype, local_files_only=True, trust_remote_code=False,
         use_safetensors=True,
     )
     model.to(device).eval()
