@@ -172,6 +172,50 @@ def eval_cmd(model, domains, backend, json_out, max_bytes, mc_items, max_length,
         click.echo(f"wrote {json_out}", err=True)
 
 
+# ----------------------------------------------------------------------------- prune
+def _ratios(value: str) -> list[float]:
+    try:
+        return [float(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers like 0.2,0.3,0.5, got {value!r}") from None
+
+
+@cli.command("prune")
+@click.argument("model")
+@click.option("--ratios", default="0.2,0.3,0.5", show_default=True,
+              help="Fractions of each FFN's width to remove, comma-separated; one model per ratio.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Output directory: r0.20/ ... (HF model dirs), policy/, summary.json.")
+@click.option("--method", type=click.Choice(["prunenet", "random", "magnitude", "activation"]), default="prunenet",
+              show_default=True, help="prunenet/random/magnitude need no data; activation calibrates on --calib-domain.")
+@click.option("--policy", "policy_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Reuse a learned PruneNet policy directory instead of learning one.")
+@click.option("--train-ratio", type=float, default=0.4, show_default=True, help="Ratio the policy is learned at.")
+@click.option("--episodes", type=int, default=20, show_default=True, help="REINFORCE episodes.")
+@click.option("--multiple", type=int, default=64, show_default=True, help="Round kept FFN widths to this.")
+@click.option("--calib-domain", default="docs", show_default=True, help="Calibration text for --method activation.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="Policy learning device: auto, cpu, cuda.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def prune_cmd(model, ratios, out_dir, method, policy_dir, train_ratio, episodes, multiple, calib_domain, seed,
+              device, overwrite, quiet):
+    """Structured FFN pruning of MODEL: learn once, write one pruned model per ratio.
+
+    The outputs are standard HF directories (safetensors + tokenizer) that transformers loads
+    without this library, each with a pruning_report.json.
+    """
+    from .compress.prune import PruneNetConfig, prune_to_dirs
+
+    config = PruneNetConfig(train_ratio=train_ratio, episodes=episodes, multiple=multiple, seed=seed, device=device)
+    summary = prune_to_dirs(model, _ratios(ratios), out_dir, method=method, policy_dir=policy_dir, config=config,
+                            calib_domain=calib_domain, multiple=multiple, seed=seed, overwrite=overwrite,
+                            progress=not quiet)
+    for name, o in summary["outputs"].items():
+        click.echo(f"{out_dir}/{name}: FFN width {o['kept_width']}, {o['params_after']:,} parameters "
+                   f"(-{o['param_reduction']:.1%}), mean spectrum KS {o['mean_ks']:.3f}")
+
+
 def main() -> None:
     cli(prog_name="edge-downscale")
 

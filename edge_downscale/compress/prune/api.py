@@ -1,0 +1,154 @@
+"""``prune_``: one entry point for every method; reports and standard HF outputs."""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from ... import __version__
+from ..._io import atomic_path, write_json_atomic
+from ...errors import ConfigError, require
+from .ffn import PruneError, check_finite, ffn_layers, ffn_width, kept_width, layout_for, slice_ffn_
+from .methods import METHODS, CALIBRATION_FREE, activation_scores, magnitude_scores, policy_scores, random_scores
+from .prunenet import PruneNetPolicy, spectrum_ks
+
+REPORT = "pruning_report.json"
+
+
+def n_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def row_scores(model, method: str | PruneNetPolicy, *, seed: int = 0,
+               calibration: Sequence[Sequence[int]] | None = None) -> tuple[str, list]:
+    """Per-layer row scores for ``method`` (a name, or a learned :class:`PruneNetPolicy`)."""
+    if isinstance(method, PruneNetPolicy):
+        return "prunenet", policy_scores(model, method)
+    if method == "random":
+        return method, random_scores(model, seed=seed)
+    if method == "magnitude":
+        return method, magnitude_scores(model)
+    if method == "activation":
+        return method, activation_scores(model, calibration or [])
+    if method == "prunenet":
+        raise ConfigError("prunenet needs a learned policy: pass learn_policy(model) or PruneNetPolicy.load(dir)")
+    raise ConfigError(f"unknown pruning method {method!r}; available: {', '.join(METHODS)}")
+
+
+def prune_(model, method: str | PruneNetPolicy, ratio: float, *, multiple: int = 64, seed: int = 0,
+           calibration: Sequence[Sequence[int]] | None = None, scores: list | None = None) -> dict[str, Any]:
+    """Remove ``ratio`` of every FFN's rows in place, keeping the highest-scoring ones.
+
+    Returns a report: widths, parameters before/after, per-layer KS of the gate_proj spectrum,
+    a hash of the kept indices, and the time taken. ``scores`` may be passed to reuse one scoring
+    across several ratios (the policy's scores do not depend on the ratio).
+    """
+    torch = require("torch", "compress")
+    layout_for(model)
+    check_finite(model)
+    t0 = time.perf_counter()
+    d_ff = ffn_width(model)
+    k = kept_width(d_ff, ratio, multiple)
+    if scores is None:
+        name, scores = row_scores(model, method, seed=seed, calibration=calibration)
+    else:
+        name = "prunenet" if isinstance(method, PruneNetPolicy) else str(method)
+    params_before = n_params(model)
+    kept = [torch.topk(s, k).indices.sort().values for s in scores]  # L x (k,)
+    layer_ks = [spectrum_ks(f.gate.weight, idx.to(f.gate.weight.device)) for f, idx in zip(ffn_layers(model), kept)]
+    digest = hashlib.sha256(b"".join(idx.to(torch.int32).numpy().tobytes() for idx in kept)).hexdigest()
+    slice_ffn_(model, kept)
+    params_after = n_params(model)
+    return {
+        "method": name, "calibration_free": CALIBRATION_FREE.get(name, True), "ratio": ratio,
+        "d_ff": d_ff, "kept_width": k, "multiple": multiple, "actual_ffn_ratio": 1 - k / d_ff,
+        "params_before": params_before, "params_after": params_after,
+        "param_reduction": 1 - params_after / params_before,
+        "layer_ks": layer_ks, "mean_ks": sum(layer_ks) / len(layer_ks), "kept_indices_sha256": digest,
+        "seconds": round(time.perf_counter() - t0, 3), "edge_downscale_version": __version__,
+    }
+
+
+def save_pruned(model, tokenizer, out_dir: str | Path, report: dict[str, Any], *, overwrite: bool = False) -> Path:
+    """Write a standard HF directory (safetensors + config + tokenizer + report), atomically."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise PruneError(f"{out_dir} already exists: pass --overwrite to replace it")
+    with atomic_path(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / REPORT).write_text(json.dumps(report, indent=2) + "\n")
+    return out_dir
+
+
+def calibration_sequences(tokenizer, domain: str = "docs", *, n: int = 16, length: int = 256) -> list[list[int]]:
+    """``n`` token sequences of exactly ``length`` tokens from a corpus's *train* split (for 'activation')."""
+    from ...eval import _corpus_dir
+    from ...data import load_corpus
+
+    ids: list[int] = []
+    for text in load_corpus(_corpus_dir(domain))["train"]["text"]:
+        ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if len(ids) >= n * length:
+            break
+    seqs = [ids[i * length:(i + 1) * length] for i in range(min(n, len(ids) // length))]
+    if not seqs:
+        raise ConfigError(f"domain {domain!r} has too little training text for calibration")
+    return seqs
+
+
+def prune_to_dirs(model_ref: str, ratios: Sequence[float], out_dir: str | Path, *, method: str = "prunenet",
+                  policy_dir: str | Path | None = None, config=None, calib_domain: str = "docs",
+                  multiple: int = 64, seed: int = 0, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Learn (or load) once, prune at every ratio, write ``out_dir/r0.30/`` HF directories.
+
+    ``out_dir`` also gets ``policy/`` (PruneNet) and ``summary.json``. The whole directory appears
+    atomically: an interrupted run leaves nothing that looks finished.
+    """
+    import copy
+
+    from ...models import load_torch
+    from .prunenet import PruneNetConfig, learn_policy
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise PruneError(f"{out_dir} already exists: pass --overwrite to replace it")
+    if not ratios:
+        raise ConfigError("give at least one ratio, e.g. --ratios 0.2,0.3,0.5")
+    if method not in METHODS:
+        raise ConfigError(f"unknown pruning method {method!r}; available: {', '.join(METHODS)}")
+    model, tokenizer, info = load_torch(model_ref)
+    layout_for(model)
+    for r in ratios:  # fail on a bad ratio before minutes of policy learning
+        kept_width(ffn_width(model), r, multiple)
+    check_finite(model)
+    summary: dict[str, Any] = {"model": model_ref, "source": info, "method": method, "ratios": list(ratios), "outputs": {}}
+    t0 = time.perf_counter()
+    calibration = calibration_sequences(tokenizer, calib_domain) if method == "activation" else None
+    policy = None
+    if method == "prunenet":
+        if policy_dir is not None:
+            policy = PruneNetPolicy.load(policy_dir)
+            summary["policy"] = {"loaded_from": str(policy_dir)}
+        else:
+            policy = learn_policy(model, config or PruneNetConfig(multiple=multiple, seed=seed), progress=progress)
+            summary["policy"] = {"seconds": policy.meta["seconds"], "best_reward": policy.meta["best_reward"]}
+    _, scores = row_scores(model, policy if policy is not None else method, seed=seed, calibration=calibration)
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        if policy is not None:
+            policy.save(tmp / "policy")
+        for r in ratios:
+            pruned = copy.deepcopy(model)
+            report = prune_(pruned, policy if policy is not None else method, r, multiple=multiple, seed=seed,
+                            scores=scores)
+            report["source_model"] = model_ref
+            name = f"r{r:.2f}"
+            save_pruned(pruned, tokenizer, tmp / name, report)
+            summary["outputs"][name] = {k: report[k] for k in ("kept_width", "params_after", "param_reduction", "mean_ks")}
+            del pruned
+        summary["seconds"] = round(time.perf_counter() - t0, 2)
+        write_json_atomic(tmp / "summary.json", summary)
+    return summary

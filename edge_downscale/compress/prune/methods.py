@@ -1,0 +1,63 @@
+"""Row-importance scores for every method, behind one signature: model -> one (d_ff,) score per layer.
+
+Higher score = keep. ``prune_`` keeps the top-k rows of each layer by score.
+
+* ``prunenet``: the learned policy's keep-probabilities (calibration-free; see prunenet.py).
+* ``random``: a seeded random ranking (the paper's baseline).
+* ``magnitude``: L2 norm of each row of ``gate_proj`` (calibration-free).
+* ``activation``: a structured Wanda-style score, ``||h_j||_2 * ||W_down[:, j]||_2``, where h_j is
+  the FFN's intermediate activation of row j over a small calibration set (Sun et al., "A Simple
+  and Effective Pruning Approach for Large Language Models", 2023, made structured). Needs data.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from ...errors import ConfigError, require
+from .ffn import ffn_layers
+
+METHODS = ("prunenet", "random", "magnitude", "activation")
+CALIBRATION_FREE = {"prunenet": True, "random": True, "magnitude": True, "activation": False}
+
+
+def random_scores(model, *, seed: int = 0):
+    torch = require("torch", "compress")
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.rand(f.gate.weight.shape[0], generator=gen) for f in ffn_layers(model)]
+
+
+def magnitude_scores(model):
+    return [f.gate.weight.detach().float().norm(dim=1).cpu() for f in ffn_layers(model)]
+
+
+def policy_scores(model, policy):
+    return [policy.keep_probabilities(f.gate.weight) for f in ffn_layers(model)]
+
+
+def activation_scores(model, calibration: Sequence[Sequence[int]], *, batch_size: int = 4):
+    """Accumulate ||h_j||^2 at each down_proj input over the calibration token sequences."""
+    torch = require("torch", "compress")
+    if not calibration:
+        raise ConfigError("the activation-aware method needs calibration text (a non-empty token list)")
+    layers = ffn_layers(model)
+    sq = [torch.zeros(f.down.weight.shape[1], dtype=torch.float64) for f in layers]  # L x (d_ff,)
+
+    def hook_for(i: int) -> Callable:
+        def hook(_module, inputs):
+            h = inputs[0].detach().double()  # (B, T, d_ff)
+            sq[i] += h.pow(2).sum(dim=(0, 1)).cpu()
+        return hook
+
+    handles = [f.down.register_forward_pre_hook(hook_for(i)) for i, f in enumerate(layers)]
+    device = next(model.parameters()).device
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(calibration), batch_size):
+                batch = calibration[start:start + batch_size]
+                width = min(len(s) for s in batch)  # equal lengths: no padding enters the statistics
+                ids = torch.tensor([list(s[:width]) for s in batch], device=device)  # (B, T)
+                model(input_ids=ids)
+    finally:
+        for h in handles:
+            h.remove()
+    return [s.sqrt().float() * f.down.weight.detach().float().norm(dim=0).cpu() for s, f in zip(sq, layers)]

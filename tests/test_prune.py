@@ -1,0 +1,173 @@
+import json
+
+import pytest
+import torch
+import transformers
+from click.testing import CliRunner
+
+from edge_downscale.cli import cli
+from edge_downscale.compress.prune import (
+    PruneError, PruneNetConfig, PruneNetPolicy, ffn_layers, kept_width, learn_policy, prune_, save_pruned,
+)
+from edge_downscale.errors import ConfigError
+from edge_downscale.models import load_torch
+
+
+@pytest.fixture
+def tiny(tiny_model_dir):
+    model, tok, _ = load_torch(str(tiny_model_dir))
+    return model, tok
+
+
+@pytest.fixture(scope="module")
+def policy(tiny_model_dir):
+    model, _, _ = load_torch(str(tiny_model_dir))
+    return learn_policy(model, PruneNetConfig(episodes=3, train_ratio=0.5, seed=1), progress=False)
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_kept_width_rounds_to_the_multiple_and_refuses_bad_ratios():
+    assert kept_width(1536, 0.3) == 1088  # 1075.2 -> nearest multiple of 64
+    assert kept_width(1536, 0.5) == 768
+    assert kept_width(1536, 0.3, multiple=1) == 1075
+    for bad in (0, 1, 1.5, -0.1):
+        with pytest.raises(ConfigError, match="ratio"):
+            kept_width(1536, bad)
+    with pytest.raises(ConfigError, match="keeps"):
+        kept_width(256, 0.9)  # 25.6 rows rounds below one block of 64
+
+
+def test_slicing_keeps_gate_up_down_aligned(tiny):
+    """Rows whose down_proj columns are zero contribute nothing: removing exactly them is lossless."""
+    model, _ = tiny
+    d_ff = model.config.intermediate_size
+    dead = torch.arange(0, d_ff, 2)  # every other row
+    with torch.no_grad():
+        for f in ffn_layers(model):
+            f.down.weight[:, dead] = 0
+    ids = torch.tensor([[5, 17, 300, 42, 7, 99, 512, 3]])
+    before = _logits(model, ids)
+    scores = [torch.ones(d_ff).index_fill_(0, dead, 0.0) for _ in ffn_layers(model)]
+    report = prune_(model, "magnitude", 0.5, scores=scores)
+    assert model.config.intermediate_size == d_ff // 2 == report["kept_width"]
+    assert all(f.gate.weight.shape == (d_ff // 2, 64) and f.down.weight.shape == (64, d_ff // 2) for f in ffn_layers(model))
+    torch.testing.assert_close(_logits(model, ids), before, rtol=1e-5, atol=1e-5)
+
+
+def test_pruning_the_wrong_rows_changes_outputs(tiny):
+    model, _ = tiny
+    d_ff = model.config.intermediate_size
+    ids = torch.tensor([[5, 17, 300, 42, 7, 99, 512, 3]])
+    before = _logits(model, ids)
+    prune_(model, "random", 0.5)
+    assert not torch.allclose(_logits(model, ids), before, atol=1e-4)
+    assert model.config.intermediate_size == d_ff // 2
+
+
+def test_policy_round_trips_and_is_deterministic(policy, tiny_model_dir, tmp_path):
+    path = policy.save(tmp_path / "pol")
+    loaded = PruneNetPolicy.load(path)
+    model, _, _ = load_torch(str(tiny_model_dir))
+    w = ffn_layers(model)[1].gate.weight
+    torch.testing.assert_close(loaded.keep_probabilities(w), policy.keep_probabilities(w))
+    assert loaded.meta["best_reward"] == policy.meta["best_reward"] and loaded.meta["history"] == policy.meta["history"]
+    again = learn_policy(model, PruneNetConfig(episodes=3, train_ratio=0.5, seed=1), progress=False)
+    assert again.meta["history"] == policy.meta["history"]
+    torch.testing.assert_close(again.keep_probabilities(w), policy.keep_probabilities(w))
+    with pytest.raises(PruneError, match="not a PruneNet policy"):
+        PruneNetPolicy.load(tmp_path)
+
+
+def test_policy_learning_keeps_the_best_episode(policy):
+    rewards = [h["reward"] for h in policy.meta["history"]]
+    assert policy.meta["best_reward"] == max(rewards) > 0
+    assert len(policy.meta["best_layer_ks"]) == 2 and all(0 <= k <= 1 for k in policy.meta["best_layer_ks"])
+
+
+def test_one_policy_prunes_at_several_ratios_with_nested_rows(policy, tiny_model_dir):
+    original = ffn_layers(load_torch(str(tiny_model_dir))[0])[0].gate.weight.detach()
+    alpha = policy.keep_probabilities(original)  # (d_ff,): independent of the ratio
+    kept, params = {}, {}
+    for r in (0.25, 0.5):
+        model, _, _ = load_torch(str(tiny_model_dir))
+        report = prune_(model, policy, r)
+        k = report["kept_width"]
+        rows = torch.topk(alpha, k).indices.sort().values
+        # the pruned layer holds exactly the policy's top-k rows, in their original order
+        torch.testing.assert_close(ffn_layers(model)[0].gate.weight, original[rows])
+        kept[r], params[r] = set(rows.tolist()), report["params_after"]
+    assert len(kept[0.25]) == 192 and len(kept[0.5]) == 128
+    assert kept[0.5] < kept[0.25]  # prune once: rankings nest across ratios
+    assert params[0.5] < params[0.25]
+
+
+def test_pruned_directory_loads_with_plain_transformers(policy, tiny, tmp_path):
+    model, tok = tiny
+    report = prune_(model, policy, 0.5)
+    out = save_pruned(model, tok, tmp_path / "pruned", report)
+    plain = transformers.AutoModelForCausalLM.from_pretrained(str(out))  # no edge_downscale involved
+    assert plain.config.intermediate_size == 128
+    ids = torch.tensor([tok("def f(x): return x", add_special_tokens=False)["input_ids"]])
+    torch.testing.assert_close(_logits(plain, ids), _logits(model, ids))
+    saved = json.loads((out / "pruning_report.json").read_text())
+    assert saved["params_after"] == sum(p.numel() for p in plain.parameters())
+    assert len(saved["layer_ks"]) == 2 and len(saved["kept_indices_sha256"]) == 64
+    with pytest.raises(PruneError, match="already exists"):
+        save_pruned(model, tok, out, report)
+
+
+def test_activation_aware_baseline_uses_calibration(tiny, tiny_model_dir):
+    model, tok = tiny
+    calib = [tok("The quick brown fox jumps over the lazy dog. " * 8, add_special_tokens=False)["input_ids"][:48]] * 2
+    report = prune_(model, "activation", 0.25, calibration=calib)
+    assert report["calibration_free"] is False and report["kept_width"] == 192
+    with pytest.raises(ConfigError, match="calibration"):
+        prune_(load_torch(str(tiny_model_dir))[0], "activation", 0.25)
+
+
+def test_bad_models_are_refused(tiny):
+    model, _ = tiny
+    with torch.no_grad():
+        ffn_layers(model)[1].up.weight[0, 0] = float("nan")
+    with pytest.raises(PruneError, match="NaN"):
+        prune_(model, "magnitude", 0.25)
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64))
+    with pytest.raises(PruneError, match="supported: .*llama"):
+        prune_(gpt2, "magnitude", 0.25)
+
+
+@pytest.mark.parametrize("cfg_cls", [transformers.Qwen2Config, transformers.MistralConfig, transformers.Gemma3TextConfig])
+def test_other_registered_architectures_prune_and_run(cfg_cls):
+    cfg = cfg_cls(vocab_size=128, hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=16)
+    model = transformers.AutoModelForCausalLM.from_config(cfg)
+    prune_(model, "magnitude", 0.5)
+    assert model.config.intermediate_size == 128
+    assert _logits(model, torch.tensor([[1, 2, 3]])).shape == (1, 3, 128)
+
+
+def test_cli_prune_learns_once_and_writes_one_model_per_ratio(tiny_model_dir, tmp_path):
+    out = tmp_path / "pruned"
+    args = ["prune", str(tiny_model_dir), "--ratios", "0.25,0.5", "--out", str(out), "--episodes", "2", "--quiet"]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in out.iterdir()) == ["policy", "r0.25", "r0.50", "summary.json"]
+    assert transformers.AutoConfig.from_pretrained(str(out / "r0.25")).intermediate_size == 192
+    # reuse the saved policy: no learning, same rows
+    res2 = CliRunner().invoke(cli, ["prune", str(tiny_model_dir), "--ratios", "0.25", "--out", str(tmp_path / "again"),
+                                    "--policy", str(out / "policy"), "--quiet"])
+    assert res2.exit_code == 0, res2.output
+    a = json.loads((out / "r0.25" / "pruning_report.json").read_text())["kept_indices_sha256"]
+    b = json.loads((tmp_path / "again" / "r0.25" / "pruning_report.json").read_text())["kept_indices_sha256"]
+    assert a == b
+    # bad input: one line, exit 2, nothing written
+    for bad, msg in ((["--ratios", "1.5"], "ratio"), (["--ratios", "0.9"], "keeps"), ([], "already exists")):
+        target = out if msg == "already exists" else tmp_path / f"bad{len(msg)}"
+        r = CliRunner().invoke(cli, ["prune", str(tiny_model_dir), "--out", str(target), "--episodes", "1", "--quiet", *bad])
+        assert r.exit_code == 2 and msg in r.output and "Traceback" not in r.output, r.output
+        if msg != "already exists":
+            assert not target.exists()
