@@ -46,6 +46,10 @@ class EvalError(EdgeDownscaleError):
     """An evaluation cannot run on the given input."""
 
 
+class LawFitError(EdgeDownscaleError):
+    """Compression-law data cannot be read or fit (bad points, too few, nothing to identify)."""
+
+
 def require(module: str, extra: str):
     """Import an optional module or raise a MissingDependencyError naming the extra to install."""
     import importlib

@@ -48,3 +48,41 @@ def test_eval_bad_domain_and_bad_window_are_one_line_errors(tiny_model_dir):
     assert res.exit_code == 2 and "unknown domain" in res.output and "code, docs, legal" in res.output
     res = run("eval", str(tiny_model_dir), "--stride", "0")
     assert res.exit_code == 2 and "stride" in res.output
+
+
+def test_data_build_then_eval_end_to_end_on_the_tiny_model(tmp_path, tiny_model_dir):
+    import pydoc_data.topics as topics
+
+    src = tmp_path / "texts"
+    src.mkdir()
+    for key in sorted(topics.topics)[:30]:
+        (src / f"{key}.txt").write_text(topics.topics[key], encoding="utf-8")
+    (src / "latin1.txt").write_bytes("caf\xe9 cr\xe8me br\xfbl\xe9e ".encode("latin-1") * 20)
+    corpus = tmp_path / "corpus"
+    res = run("data", "build", str(src), "--out", str(corpus), "--quiet")
+    assert res.exit_code == 0, res.output
+    info = json.loads(run("data", "info", str(corpus)).output)
+    assert info["skipped"]["non_utf8"] == 1
+    assert sum(s["documents"] for s in info["splits"].values()) == 30
+
+    out = tmp_path / "eval.json"
+    res = run("eval", str(tiny_model_dir), "--domains", str(corpus), "--split", "validation",
+              "--max-bytes", "3000", "--mc-items", "4", "--json", str(out), "--quiet")
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    r = data["domains"][str(corpus)]
+    # a random model with a 1024-token vocabulary is close to uniform: about log2(1024)/bytes-per-token
+    assert 1.0 < r["bpb"]["bits_per_byte"] < 12.0
+    assert r["bpb"]["n_bytes"] <= 3000 and r["mc"]["n_items"] == 4
+    assert "bits/byte" in res.output
+
+
+def test_models_info_describes_local_directories(tmp_path, tiny_model_dir):
+    info = json.loads(run("models", "info", str(tiny_model_dir)).output)
+    assert info["format"] == "hf" and info["intermediate_size"] == 256
+    onnx_dir = tmp_path / "exported"
+    onnx_dir.mkdir()
+    (onnx_dir / "model.onnx").write_bytes(b"\x08\x07")
+    assert json.loads(run("models", "info", str(onnx_dir)).output)["format"] == "onnx"
+    res = run("models", "info", str(tmp_path / "exported" / "model.onnx"))
+    assert res.exit_code == 2 and "not a model" in res.output
