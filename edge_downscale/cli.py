@@ -216,6 +216,43 @@ def prune_cmd(model, ratios, out_dir, method, policy_dir, train_ratio, episodes,
                    f"(-{o['param_reduction']:.1%}), mean spectrum KS {o['mean_ks']:.3f}")
 
 
+# ----------------------------------------------------------------------------- laws
+@cli.group(cls=_Group)
+def laws():
+    """Fit compression laws (quality and runtime vs compression ratio) to measured results."""
+
+
+@laws.command("fit")
+@click.argument("results", type=click.Path(dir_okay=False))
+@click.option("--method", default=None, help="Fit only the points of this method (required when several).")
+@click.option("--target", type=float, default=None,
+              help="Recovery target sigma: quality at most sigma x dense (default 1.1; 0.9 for accuracy).")
+@click.option("--plot", "plot_out", type=click.Path(dir_okay=False), default=None, help="Write a PNG of the fits.")
+@click.option("--holdout", type=float, multiple=True,
+              help="Refit without the points at this ratio and report the prediction error (repeatable).")
+@click.option("--tokens-unit", type=float, default=None, help="Tokens per unit of D (default: the file's, else 1).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the fit as JSON.")
+def laws_fit(results, method, target, plot_out, holdout, tokens_unit, json_out):
+    """Fit the quality and runtime compression laws to RESULTS (a JSON file).
+
+    Quality L = L0^alpha (1+r)^beta (1+1/(D+1))^gamma; runtime T = T0 (1+r)^delta. RESULTS: {"metric": "bpb", "points": [{"method": "prunenet", "ratio": 0.2, "tokens": 0,
+    "dense": 0.95, "value": 1.05, "dense_time": 0.010, "time": 0.008}, ...]}.
+    """
+    from ._io import write_json_atomic
+    from .compress.laws import LawsConfig, analyse, format_report, load_results, plot_fit
+
+    config = LawsConfig(method=method, target_ratio=target, holdout=tuple(holdout), tokens_unit=tokens_unit)
+    report = analyse(load_results(results), config)
+    click.echo(format_report(report))
+    if plot_out:
+        plot_fit(report.points, report.quality, report.runtime, plot_out,
+                 critical=report.critical[0] if len(report.critical) == 1 else None)
+        click.echo(f"wrote {plot_out}", err=True)
+    if json_out:
+        write_json_atomic(json_out, report.to_dict())
+        click.echo(f"wrote {json_out}", err=True)
+
+
 def main() -> None:
     cli(prog_name="edge-downscale")
 
