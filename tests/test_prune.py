@@ -171,3 +171,15 @@ def test_cli_prune_learns_once_and_writes_one_model_per_ratio(tiny_model_dir, tm
         assert r.exit_code == 2 and msg in r.output and "Traceback" not in r.output, r.output
         if msg != "already exists":
             assert not target.exists()
+
+
+def test_baseline_option_changes_learning_and_stays_deterministic(tiny_model_dir):
+    model, _, _ = load_torch(str(tiny_model_dir))
+    cfg = PruneNetConfig(episodes=3, train_ratio=0.5, seed=1, baseline=True, lr=1e-2)
+    a = learn_policy(model, cfg, progress=False)
+    b = learn_policy(model, cfg, progress=False)
+    plain = learn_policy(model, PruneNetConfig(episodes=3, train_ratio=0.5, seed=1, lr=1e-2), progress=False)
+    w = ffn_layers(model)[0].gate.weight
+    torch.testing.assert_close(a.keep_probabilities(w), b.keep_probabilities(w))
+    assert not torch.allclose(a.keep_probabilities(w), plain.keep_probabilities(w))
+    assert PruneNetConfig.from_json(cfg.to_json()) == cfg

@@ -46,6 +46,7 @@ class PruneNetConfig(StageConfig):
     discount: float = 0.99
     temperature: float = 1.0  # binary-Concrete temperature
     multiple: int = 64  # kept widths are rounded to this
+    baseline: bool = False  # paper: no baseline; True subtracts a per-layer running mean of the reward
     seed: int = 0
     device: str = "auto"  # "auto": CUDA when present, else CPU
 
@@ -175,6 +176,7 @@ def learn_policy(model, config: PruneNetConfig | None = None, *, progress: bool 
     policy = _policy_module(d_model, d_ff).to(device)
     opt = torch.optim.AdamW(policy.parameters(), lr=config.lr)
     best_reward, best_state, best_ks = -float("inf"), None, None
+    running = [None] * len(states)  # per-layer reward baselines (only with config.baseline)
     history = []
     t0 = time.perf_counter()
     bar = tqdm(total=config.episodes * len(states), desc="PruneNet policy", unit="layer", disable=not progress)
@@ -188,7 +190,11 @@ def learn_policy(model, config: PruneNetConfig | None = None, *, progress: bool 
             with torch.no_grad():
                 ks = ks_statistic(svals[l], torch.linalg.svdvals(w.index_select(0, idx)))
             reward = 1.0 / max(ks, 1e-3)  # guard KS = 0 (identical spectra)
-            ret = config.discount ** l * reward  # G_l
+            advantage = reward
+            if config.baseline:  # variance reduction: reinforce only better-than-usual subsets
+                advantage = reward - (running[l] if running[l] is not None else reward)
+                running[l] = reward if running[l] is None else 0.9 * running[l] + 0.1 * reward
+            ret = config.discount ** l * advantage  # G_l
             loss = -ret * torch.log(keep.index_select(0, idx).clamp_min(1e-8)).sum()
             opt.zero_grad()
             loss.backward()
