@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from edge_downscale import __version__  # noqa: E402
 from edge_downscale._io import write_json_atomic  # noqa: E402
 from edge_downscale.config import EvalConfig  # noqa: E402
-from edge_downscale.eval import evaluate, open_backend  # noqa: E402
+from edge_downscale.eval import evaluate, markdown_table, open_backend  # noqa: E402
 
 
 def main() -> None:
@@ -57,9 +57,8 @@ def main() -> None:
                     + [f"{r['mixed_bpb']:.4f}"]
                     + [f"{doms[d]['mc']['accuracy']:.3f}" if doms[d].get("mc") else "-" for d in domains]
                     + [f"{r['total_seconds']:.0f}"])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     print()
-    print("| " + " | ".join(c.ljust(w) for c, w in zip(header, widths)) + " |")
+    print(markdown_table(rows))
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in rows[1:]:
         print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |")

@@ -29,7 +29,7 @@ from edge_downscale.compress.prune import (  # noqa: E402
     PruneNetConfig, calibration_sequences, learn_policy, n_params, prune_, row_scores,
 )
 from edge_downscale.config import EvalConfig  # noqa: E402
-from edge_downscale.eval import evaluate  # noqa: E402
+from edge_downscale.eval import evaluate, markdown_table  # noqa: E402
 from edge_downscale.models import load_torch  # noqa: E402
 from edge_downscale.models.torch_backend import TorchBackend  # noqa: E402
 
@@ -125,9 +125,8 @@ def main() -> None:
                      + [f"{row['domains'][d]['bpb']:.3f}" for d in domains] + [f"{row['mixed_bpb']:.3f}"]
                      + [f"{row['domains'][d]['mc']:.2f}" if row["domains"][d]["mc"] is not None else "-" for d in domains]
                      + [f"{row['speedup']:.2f}"])
-    widths = [max(len(t[i]) for t in table) for i in range(len(head))]
     print()
-    print("| " + " | ".join(c.ljust(w) for c, w in zip(head, widths)) + " |")
+    print(markdown_table(table))
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for t in table[1:]:
         print("| " + " | ".join(c.ljust(w) for c, w in zip(t, widths)) + " |")

@@ -16,7 +16,7 @@ from .mc import MCItem, MCResult, build_items, score_items
 
 __all__ = [
     "BpbResult", "MCItem", "MCResult", "EvalConfig", "bits_per_byte", "build_items", "evaluate",
-    "heldout_texts", "open_backend", "score_items", "windows", "format_table",
+    "heldout_texts", "open_backend", "score_items", "windows", "format_table", "markdown_table",
 ]
 
 
@@ -119,6 +119,13 @@ def evaluate(backend: Backend, domains: Sequence[str], config: EvalConfig | None
     return results
 
 
+def markdown_table(rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown table (first row = header) with aligned columns, readable as plain text too."""
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    line = lambda r: "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    return "\n".join([line(rows[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows[1:]])
+
+
 def format_table(results: dict[str, Any]) -> str:
     """A plain-text table of an :func:`evaluate` result."""
     rows = [("domain", "bits/byte", "MC acc", "MC acc(norm)", "items", "bytes", "seconds")]
@@ -129,10 +136,7 @@ def format_table(results: dict[str, Any]) -> str:
                      str(mc.get("n_items", "-")), str(r["bpb"]["n_bytes"]), f"{r['seconds']:.1f}"))
     if results.get("mixed_bpb") is not None:
         rows.append(("mixed", f"{results['mixed_bpb']:.4f}", "", "", "", "", ""))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return markdown_table(rows)
 
 
 def save_results(results: dict[str, Any], path: str | Path) -> None:
