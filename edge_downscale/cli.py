@@ -231,17 +231,20 @@ def laws():
 @click.option("--holdout", type=float, multiple=True,
               help="Refit without the points at this ratio and report the prediction error (repeatable).")
 @click.option("--tokens-unit", type=float, default=None, help="Tokens per unit of D (default: the file's, else 1).")
+@click.option("--no-dense", is_flag=True, help="Do not add each dense model as a measured point at r = 0.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the fit as JSON.")
-def laws_fit(results, method, target, plot_out, holdout, tokens_unit, json_out):
+def laws_fit(results, method, target, plot_out, holdout, tokens_unit, no_dense, json_out):
     """Fit the quality and runtime compression laws to RESULTS (a JSON file).
 
-    Quality L = L0^alpha (1+r)^beta (1+1/(D+1))^gamma; runtime T = T0 (1+r)^delta. RESULTS: {"metric": "bpb", "points": [{"method": "prunenet", "ratio": 0.2, "tokens": 0,
-    "dense": 0.95, "value": 1.05, "dense_time": 0.010, "time": 0.008}, ...]}.
+    Quality L = L0^alpha (1+r)^beta (1+1/(D+1))^gamma; runtime T = T0 (1+r)^delta. RESULTS:
+    {"metric": "bpb", "points": [{"method": "prunenet", "ratio": 0.2, "tokens": 0, "dense": 0.95,
+    "value": 1.05, "dense_time": 0.010, "time": 0.008}, ...]}; other top-level keys are ignored.
     """
     from ._io import write_json_atomic
     from .compress.laws import LawsConfig, analyse, format_report, load_results, plot_fit
 
-    config = LawsConfig(method=method, target_ratio=target, holdout=tuple(holdout), tokens_unit=tokens_unit)
+    config = LawsConfig(method=method, target_ratio=target, holdout=tuple(holdout), tokens_unit=tokens_unit,
+                        include_dense=not no_dense)
     report = analyse(load_results(results), config)
     click.echo(format_report(report))
     if plot_out:

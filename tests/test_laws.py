@@ -232,7 +232,7 @@ def test_cli_fits_reports_plots_and_writes_json(tmp_path):
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     report = json.loads(out.read_text())
-    assert report["method"] == "prunenet" and report["n_points"] == 80
+    assert report["method"] == "prunenet" and report["n_points"] == 80 + 4  # + one dense point per L0
     assert rel(report["quality"]["beta"], BETA) < 0.05 and rel(report["runtime"]["delta"], DELTA) < 0.05
     assert report["holdout"][0]["max_rel_error"] < 0.05
     assert all(c["sigma"] == 1.5 and 0 < c["r_crit"] < 1 for c in report["critical"])
@@ -240,3 +240,16 @@ def test_cli_fits_reports_plots_and_writes_json(tmp_path):
     res = run("laws", "fit", results, "--method", "random")  # all D=0, one L0: gamma is n/a
     assert res.exit_code == 0, res.output
     assert "n/a" in res.output and "not identifiable" in res.output
+
+
+def test_dense_points_anchor_the_fit_at_r0():
+    from edge_downscale.compress.laws import LawPoint, fit_quality_law, predict, with_dense_points
+
+    # exact law with alpha = 1 passes through L0 at r = 0, so adding dense points keeps beta
+    pts = [LawPoint(r, 0, L0, L0 * (1 + r) ** 2.0, 1.0, (1 + r) ** -0.6, "m") for L0 in (0.8, 1.0, 1.3)
+           for r in (0.1, 0.2, 0.5)]
+    anchored = with_dense_points(pts)
+    assert len(anchored) == len(pts) + 3 and all(p.L == p.L0 for p in anchored if p.r == 0)
+    assert with_dense_points(anchored) == anchored  # idempotent
+    fit = fit_quality_law(anchored)
+    assert abs(fit.beta - 2.0) < 1e-6 and abs(predict(fit, 0.0, 0, 1.3) - 1.3) < 1e-6

@@ -176,9 +176,8 @@ def load_results(path: str | Path) -> Results:
         raise LawFitError(f"{path}: not valid JSON ({str(e).splitlines()[0]})") from e
     if not isinstance(data, dict) or not isinstance(data.get("points"), list):
         raise LawFitError(f'{path}: expected a JSON object with a "points" list')
-    unknown = sorted(set(data) - _FILE_TOP)
-    if unknown:
-        raise LawFitError(f"{path}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(_FILE_TOP))}")
+    # Other top-level keys (a benchmark's rows, timings, machine...) are context, not law inputs: ignored.
+    data = {k: v for k, v in data.items() if k in _FILE_TOP}
     if not data["points"]:
         raise LawFitError(f"{path}: no points; add one entry per measured compressed model")
     points = []
@@ -556,6 +555,7 @@ class LawsConfig(StageConfig):
     target_ratio: float | None = None
     holdout: tuple[float, ...] = ()
     tokens_unit: float | None = None
+    include_dense: bool = True  # add each dense model as a measured point at r = 0 (L = L0, T = T0)
 
     def validate(self) -> None:
         check(self.target_ratio is None or self.target_ratio > 0,
@@ -584,10 +584,24 @@ class LawsReport:
                 "points": [p.to_dict() for p in self.points]}
 
 
+def with_dense_points(points: list[LawPoint]) -> list[LawPoint]:
+    """Add the uncompressed model as a measured point (r = 0, D = 0, L = L0) for each dense value.
+
+    Every point already carries its dense measurement; using it anchors the fit at r = 0, where the
+    law alone (L0^alpha) is otherwise free to miss L0.
+    """
+    have = {(p.L0, p.T0) for p in points if p.r == 0 and p.D == 0}
+    method = next((p.method for p in points if p.method), None)
+    dense = {(p.L0, p.T0) for p in points} - have
+    return points + [LawPoint(0.0, 0.0, L0, L0, T0, T0, method) for L0, T0 in sorted(dense, key=lambda x: x[0])]
+
+
 def analyse(results: Results, config: LawsConfig | None = None) -> LawsReport:
     """Fit both laws to one method's points; critical ratio for each dense value; holdout checks."""
     config = config or LawsConfig()
     points = select_method(_as_points(results.points), config.method)
+    if config.include_dense:
+        points = with_dense_points(points)
     unit = config.tokens_unit or results.tokens_unit
     quality = fit_quality_law(points, results.metric, results.higher_is_better, tokens_unit=unit)
     runtime = None
