@@ -225,20 +225,22 @@ def test_cli_fits_reports_plots_and_writes_json(tmp_path):
     assert res.exit_code == 2 and "--method" in res.output  # two methods: choose one
 
     png, out = tmp_path / "fit.png", tmp_path / "fit.json"
+    # the synthetic law does not pass through L0 at r = 0 (alpha != 1, gamma != 0): fit it as generated
     res = run("laws", "fit", results, "--method", "prunenet", "--target", 1.5, "--holdout", 0.3,
-              "--plot", png, "--json", out)
+              "--plot", png, "--json", out, "--no-dense")
     assert res.exit_code == 0, res.output
     assert "beta" in res.output and "delta" in res.output and "r_crit" in res.output and "holdout r=0.3" in res.output
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     report = json.loads(out.read_text())
-    assert report["method"] == "prunenet" and report["n_points"] == 80 + 4  # + one dense point per L0
+    assert report["method"] == "prunenet" and report["n_points"] == 80
     assert rel(report["quality"]["beta"], BETA) < 0.05 and rel(report["runtime"]["delta"], DELTA) < 0.05
     assert report["holdout"][0]["max_rel_error"] < 0.05
     assert all(c["sigma"] == 1.5 and 0 < c["r_crit"] < 1 for c in report["critical"])
 
     res = run("laws", "fit", results, "--method", "random")  # all D=0, one L0: gamma is n/a
     assert res.exit_code == 0, res.output
+    assert "6 points" in res.output  # 5 measured ratios + the dense model at r = 0 (default)
     assert "n/a" in res.output and "not identifiable" in res.output
 
 
