@@ -152,6 +152,7 @@ def laws_report(points, holdout):
     """Fit the compression laws on PruneNet's points; refit without ``holdout`` and predict it back."""
     from edge_downscale.compress import laws
 
+    points = laws.with_dense_points([laws.LawPoint.from_dict(p) for p in points])  # as `laws fit` does
     quality = laws.fit_quality_law(points)
     runtime = laws.fit_runtime_law(points)
     held = laws.holdout_check(points, holdout)
