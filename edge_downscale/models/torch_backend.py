@@ -11,7 +11,7 @@ from ..runtime.base import Backend
 
 class TorchBackend(Backend):
     name = "torch"
-    capabilities = frozenset({"logprobs", "gpu"})
+    capabilities = frozenset({"logprobs", "logits", "gpu"})
 
     def __init__(self, model, tokenizer, *, context_length: int | None = None, batch_size: int = 4):
         self.torch = require("torch", "compress")
@@ -59,3 +59,9 @@ class TorchBackend(Backend):
             tgt = tgt.double().cpu().numpy()
             out.extend(tgt[i, : len(s) - 1] for i, s in enumerate(batch))
         return out
+
+    def logits(self, ids: Sequence[int]) -> np.ndarray:
+        torch = self.torch
+        with torch.inference_mode():
+            out = self.model(input_ids=torch.tensor([list(ids)], device=self.device)).logits[0]  # (T, V)
+        return out.float().cpu().numpy()

@@ -35,6 +35,14 @@ class Backend(abc.ABC):
     def token_logprobs(self, sequences: Sequence[Sequence[int]]) -> list[np.ndarray]:
         """For each sequence ``s`` (len n <= context_length), ``log p(s[i+1] | s[:i+1])``, shape (n-1,)."""
 
+    def logits(self, ids: Sequence[int]) -> np.ndarray:
+        """Next-token logits at every position of ``ids``: (len(ids), vocab) float32.
+
+        Optional (capability ``"logits"``): parity checks use it for the KL divergence between a
+        source model and its export.
+        """
+        raise NotImplementedError(f"the {self.name} backend does not return full logits")
+
     def close(self) -> None:
         """Release native resources (idempotent)."""
 
@@ -48,6 +56,7 @@ class Backend(abc.ABC):
 # name -> "module:Class"; imported on first use so a registry lookup never pulls in torch.
 BACKENDS: dict[str, str] = {
     "llamacpp": "edge_downscale.runtime.llamacpp:LlamaCppBackend",
+    "onnx": "edge_downscale.runtime.onnx:OnnxBackend",
     "torch": "edge_downscale.models.torch_backend:TorchBackend",
 }
 

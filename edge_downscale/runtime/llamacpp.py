@@ -14,7 +14,7 @@ from .base import Backend, log_softmax_gather
 
 class LlamaCppBackend(Backend):
     name = "llamacpp"
-    capabilities = frozenset({"logprobs", "streaming", "gpu"})
+    capabilities = frozenset({"logprobs", "logits", "streaming", "gpu"})
 
     def __init__(self, model_path: str | Path, *, n_ctx: int = 2048, n_threads: int | None = None,
                  n_gpu_layers: int = 0, n_batch: int = 512, seed: int = 0):
@@ -46,6 +46,12 @@ class LlamaCppBackend(Backend):
             logits = np.asarray(self._llm.scores[: len(ids) - 1])  # (n-1, V)
             out.append(log_softmax_gather(logits, np.asarray(ids[1:])))
         return out
+
+    def logits(self, ids: Sequence[int]) -> np.ndarray:
+        ids = list(ids)
+        self._llm.reset()
+        self._llm.eval(ids)
+        return np.array(self._llm.scores[: len(ids)], dtype=np.float32)  # (T, V), a copy
 
     def close(self) -> None:
         llm, self._llm = getattr(self, "_llm", None), None

@@ -1,0 +1,8 @@
+"""Export errors."""
+from __future__ import annotations
+
+from ..errors import EdgeDownscaleError
+
+
+class ExportError(EdgeDownscaleError):
+    """An export failed or was refused."""

@@ -1,0 +1,78 @@
+"""``model.json`` next to every exported artifact: what it is, where it came from, how it scored.
+
+Written last and atomically, so a directory with a manifest is a finished export; every file's
+sha256 is recorded and :func:`verify_manifest` checks them before use.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import importlib.metadata
+import json
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from .._io import sha256_file, write_json_atomic
+from .errors import ExportError
+
+MANIFEST = "model.json"
+_LIBRARIES = ("torch", "transformers", "gguf", "llama_cpp_python", "onnx", "onnxruntime", "optimum-onnx")
+
+
+def library_versions() -> dict[str, str]:
+    out = {"edge-downscale": __version__}
+    for name in _LIBRARIES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def source_hash(model_dir: str | Path) -> str:
+    """sha256 over (name, sha256) of the source directory's weight and config files, sorted by name."""
+    model_dir = Path(model_dir)
+    h = hashlib.sha256()
+    for path in sorted(model_dir.iterdir()):
+        if path.is_file() and (path.suffix in (".safetensors", ".gguf") or path.name == "config.json"):
+            h.update(path.name.encode() + b"\0" + sha256_file(path).encode() + b"\n")
+    return h.hexdigest()
+
+
+def file_table(artifact_dir: Path) -> dict[str, dict[str, Any]]:
+    return {p.relative_to(artifact_dir).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in sorted(artifact_dir.rglob("*")) if p.is_file() and p.name != MANIFEST}
+
+
+def write_manifest(artifact_dir: str | Path, *, format: str, quant: str, source_dir: str | Path,
+                   context_length: int | None, tokenizer: dict[str, Any], parity: dict[str, Any] | None,
+                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    artifact_dir = Path(artifact_dir)
+    files = file_table(artifact_dir)
+    manifest = {
+        "format": format, "quantization": quant, "files": files,
+        "total_bytes": sum(f["bytes"] for f in files.values()),
+        "source": {"path": str(source_dir), "sha256": source_hash(source_dir)},
+        "tokenizer": tokenizer, "context_length": context_length, "parity": parity,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": library_versions(), **(extra or {}),
+    }
+    write_json_atomic(artifact_dir / MANIFEST, manifest)
+    return manifest
+
+
+def verify_manifest(artifact_dir: str | Path) -> dict[str, Any]:
+    """Check every file against the manifest; raise ExportError naming the first mismatch."""
+    artifact_dir = Path(artifact_dir)
+    path = artifact_dir / MANIFEST
+    if not path.exists():
+        raise ExportError(f"{artifact_dir}: no {MANIFEST}; it is not a finished export (re-run edge-downscale export)")
+    manifest = json.loads(path.read_text())
+    for name, info in manifest["files"].items():
+        f = artifact_dir / name
+        if not f.exists():
+            raise ExportError(f"{artifact_dir}: {name} is missing; re-export")
+        if f.stat().st_size != info["bytes"] or sha256_file(f) != info["sha256"]:
+            raise ExportError(f"{artifact_dir}: {name} does not match its manifest hash (modified or corrupt); re-export")
+    return manifest
