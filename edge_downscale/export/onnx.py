@@ -1,0 +1,356 @@
+"""ONNX export (optimum-onnx, with KV cache) and onnxruntime weight quantisation.
+
+    export_onnx("specialist/", "specialist-onnx/")                  # fp32, checked against torch
+    quantize_onnx("specialist-onnx/", "specialist-int4/", "int4")   # weight-only 4 bit, blocks of 32
+
+An export directory holds ``model.onnx`` (+ ``model.onnx_data`` past 2 GB), ``config.json``, the
+source's tokenizer files and ``export_info.json`` (versions, timing, parity). The runtime scores it
+with :class:`edge_downscale.runtime.onnx.OnnxBackend`, without torch. Every output appears
+atomically: a failed or refused export leaves nothing behind.
+
+Quantisations (``ONNX_QUANTS``):
+  int8  dynamic quantisation (``quantize_dynamic``): int8 per-channel weights, uint8 activations
+        quantised at run time (MatMulInteger). Also quantises the embedding table (one scale), which
+        a tied LM head then reads dequantised. ``down_proj`` stays float by default (``KEEP_FLOAT``).
+  int4  weight-only MatMulNBits, symmetric, one fp32 scale per ``block_size`` weights. A tied
+        embedding / LM head stays fp32: the head reads the table through a Transpose, so the
+        quantiser sees no constant weight there (on SmolLM2-135M: 113 MB of the 181 MB).
+  fp16  float16 weights and activations, for the CUDA execution provider (logits stay float32).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+import time
+import warnings
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .. import __version__
+from .._io import atomic_path
+from ..errors import EdgeDownscaleError, require
+from .errors import ExportError
+
+TASK = "text-generation-with-past"
+MODEL_FILE = "model.onnx"
+INFO_FILE = "export_info.json"
+ONNX_QUANTS = ("int8", "int4", "fp16")
+# MatMuls left in float by default. int8 quantises activations too (dynamically, one scale per tensor),
+# and the FFN down-projection's input carries the outlier features of LLM.int8() (Dettmers et al. 2022):
+# on SmolLM2-135M quantising it costs +17% bits-per-byte, keeping it float +2%. int4 is weight-only.
+KEEP_FLOAT: dict[str, tuple[str, ...]] = {"int8": ("down_proj",), "int4": ()}
+# Copied verbatim from the source directory: the runtime reads tokenizer.json (+ configs for BOS/EOS).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "generation_config.json", "added_tokens.json")
+# Dropped from exports: tokenizer.json holds the same tokenizer, and a GGUF-converted model's
+# tokenizer.model is the whole GGUF file (98 MB for SmolLM2-135M).
+SLOW_TOKENIZER_FILES = ("tokenizer.model", "vocab.json", "merges.txt")
+PARITY_TEXT = ("The quick brown fox jumps over the lazy dog. Every export is checked against the model "
+               "it came from, token by token, before anyone is allowed to rely on it.")
+PARITY_TOKENS = 32
+_PROTOBUF_LIMIT = 2**31  # one ONNX protobuf cannot exceed 2 GB: larger models keep weights outside
+
+
+# --------------------------------------------------------------------------------------- export
+
+
+def export_onnx(model_dir: str | Path, out_dir: str | Path, *, overwrite: bool = False, validate: bool = True,
+                atol: float = 1e-3, opset: int | None = None) -> Path:
+    """Export an HF causal-LM directory to ONNX with a KV cache; return ``out_dir``.
+
+    Refuses a directory without safetensors weights or ``tokenizer.json``, NaN/Inf weights, and an
+    existing ``out_dir`` unless ``overwrite``. With ``validate`` the export's log-probabilities on a
+    fixed text must match the torch model's within ``atol`` (max over positions and vocabulary).
+    """
+    src, out = Path(model_dir), Path(out_dir)
+    _check_source(src)
+    _check_target(out, src, overwrite)
+    exporters = require("optimum.exporters.onnx", "export")
+    t0 = time.perf_counter()
+    with atomic_path(out) as tmp:
+        with _quiet():
+            try:
+                exporters.main_export(
+                    str(src), tmp, task=TASK, opset=opset, framework="pt", library_name="transformers",
+                    local_files_only=True, trust_remote_code=False, do_validation=False,
+                )
+            except Exception as e:  # optimum raises ValueError/KeyError/RuntimeError for unsupported models
+                raise ExportError(f"optimum-onnx could not export {src}: {e}") from e
+        export_seconds = time.perf_counter() - t0
+        for name in TOKENIZER_FILES:  # optimum re-saves the tokenizer; keep the source's exact files
+            if (src / name).is_file():
+                shutil.copy2(src / name, tmp / name)
+        for name in SLOW_TOKENIZER_FILES:
+            (tmp / name).unlink(missing_ok=True)
+        _check_onnx(tmp / MODEL_FILE)
+        parity = _torch_parity(src, tmp, atol) if validate else None
+        _write_info(tmp, {
+            "source": str(src.resolve()), "task": TASK, "format": "onnx", "quantization": "fp32",
+            "opset": _opset(tmp / MODEL_FILE), "export_seconds": round(export_seconds, 3),
+            "model_bytes": onnx_bytes(tmp), "parity_vs_torch": parity, "versions": _versions(),
+        })
+    return out
+
+
+def _check_source(src: Path) -> None:
+    if not src.is_dir():
+        raise ExportError(f"{src} is not a directory: pass an HF model directory (config.json + *.safetensors)")
+    if not (src / "config.json").is_file() or not any(src.glob("*.safetensors")):
+        raise ExportError(f"{src} is not an HF model directory: it needs config.json and *.safetensors weights "
+                          "(save with model.save_pretrained(dir, safe_serialization=True))")
+    if not (src / "tokenizer.json").is_file():
+        raise ExportError(f"{src} has no tokenizer.json: the ONNX runtime needs a fast tokenizer next to the model "
+                          "(save one with AutoTokenizer.from_pretrained(...).save_pretrained(dir))")
+    _check_finite(src)
+
+
+def _check_finite(src: Path) -> None:
+    """Refuse NaN/Inf weights: they export fine and then score garbage."""
+    torch = require("torch", "compress")
+    safetensors = require("safetensors", "compress")
+    for file in sorted(src.glob("*.safetensors")):
+        with safetensors.safe_open(str(file), framework="pt") as f:
+            for key in f.keys():
+                t = f.get_tensor(key)
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    raise ExportError(f"{file.name}: tensor {key} has NaN/Inf values; the model is broken "
+                                      "(re-run the stage that wrote it) and will not be exported")
+
+
+def _check_target(out: Path, src: Path, overwrite: bool) -> None:
+    if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
+        raise ExportError(f"{out} is inside the source {src}: write the export to another directory")
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out} exists and is not a directory: choose another output path")
+    if out.exists() and not overwrite:
+        raise ExportError(f"{out} already exists: pass overwrite=True (--overwrite) to replace it")
+
+
+def _check_onnx(path: Path) -> None:
+    onnx = require("onnx", "export")
+    if not path.is_file():
+        raise ExportError(f"the exporter wrote no {path.name}; report this with the source model's config.json")
+    try:  # the path form handles external data (> 2 GB)
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as e:  # onnx.checker.ValidationError, shape-inference errors
+        raise ExportError(f"{path} fails onnx.checker (full_check): {e}") from e
+
+
+def _torch_parity(src: Path, onnx_dir: Path, atol: float) -> dict[str, Any]:
+    """Max |log p_onnx - log p_torch| over a fixed text (all positions, all vocabulary)."""
+    torch = require("torch", "compress")
+    transformers = require("transformers", "compress")
+    from ..runtime.onnx import OnnxBackend
+
+    with OnnxBackend(onnx_dir) as backend:
+        ids = (backend.prefix_ids + backend.tokenize(PARITY_TEXT))[:PARITY_TOKENS]
+        got = _log_softmax(backend.logits(ids))  # (T, V)
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(src), dtype=torch.float32, local_files_only=True, trust_remote_code=False, use_safetensors=True).eval()
+    with torch.inference_mode():
+        want = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1).numpy()  # (T, V)
+    diff = float(np.abs(got - want).max())
+    if not diff <= atol:  # also catches NaN
+        raise ExportError(f"the ONNX export disagrees with the torch model: max |delta log p| = {diff:.3g} > "
+                          f"atol {atol:g} over {len(ids)} tokens; pass validate=False to keep it anyway")
+    return {"tokens": len(ids), "max_abs_logprob_diff": diff, "atol": atol}
+
+
+# ------------------------------------------------------------------------------------- quantize
+
+
+def quantize_onnx(src_dir: str | Path, dst_dir: str | Path, quant: str, *, block_size: int = 32,
+                  symmetric: bool = True, per_channel: bool = True, keep_float: Sequence[str] | None = None,
+                  overwrite: bool = False) -> Path:
+    """Quantise an :func:`export_onnx` directory to ``quant`` (one of ``ONNX_QUANTS``); return ``dst_dir``.
+
+    int4: ``block_size`` (a power of two >= 16) weights share one scale; ``symmetric`` (no zero point).
+    int8: ``per_channel`` weight scales. ``keep_float``: substrings of MatMul node names left in float
+    (int8/int4); the default keeps ``down_proj`` float for int8 only (see ``KEEP_FLOAT``).
+    Config and tokenizer files are copied; ``export_info.json`` records the options and the drift of
+    next-token log-probs from the source export on a fixed text (for fp16 only where the CPU runs it).
+    """
+    if quant not in ONNX_QUANTS:
+        raise ExportError(f"unknown ONNX quantisation {quant!r}; available: {', '.join(ONNX_QUANTS)}")
+    if quant == "int4" and (block_size < 16 or block_size & (block_size - 1)):
+        raise ExportError(f"int4 block_size must be a power of two >= 16 (MatMulNBits), got {block_size}")
+    src, dst = Path(src_dir), Path(dst_dir)
+    if not (src / MODEL_FILE).is_file():
+        raise ExportError(f"{src} has no {MODEL_FILE}: export the model first with export_onnx")
+    _check_target(dst, src, overwrite)
+    keep_float = tuple(KEEP_FLOAT.get(quant, ()) if keep_float is None else keep_float)
+    kwargs = {"int8": {"per_channel": per_channel, "keep_float": keep_float},
+              "int4": {"block_size": block_size, "symmetric": symmetric, "keep_float": keep_float},
+              "fp16": {}}[quant]
+    t0 = time.perf_counter()
+    with atomic_path(dst) as tmp:
+        tmp.mkdir()
+        for f in src.iterdir():  # config, tokenizer, export_info.json; not the weights
+            if f.is_file() and not f.name.startswith(MODEL_FILE):
+                shutil.copy2(f, tmp / f.name)
+        with _quiet():
+            try:
+                large = onnx_bytes(src) >= _PROTOBUF_LIMIT
+                kept = _QUANTIZERS[quant](src / MODEL_FILE, tmp / MODEL_FILE, large=large, **kwargs)
+            except EdgeDownscaleError:
+                raise
+            except Exception as e:  # onnxruntime's quantisers raise plain exceptions
+                raise ExportError(f"onnxruntime could not quantise {src} to {quant}: {e}") from e
+        seconds = time.perf_counter() - t0
+        _check_onnx(tmp / MODEL_FILE)
+        info = _read_info(src)
+        info["source_parity_vs_torch"] = info.pop("parity_vs_torch", None)  # the fp32 export's, not this model's
+        info.update({
+            "quantization": quant, "quant_options": kwargs, "float_matmuls_kept": kept,
+            "quantized_from": str(src.resolve()), "quantize_seconds": round(seconds, 3), "model_bytes": onnx_bytes(tmp),
+            "drift_vs_source": _onnx_drift(src, tmp, quant), "versions": _versions(),
+        })
+        _write_info(tmp, info)
+    return dst
+
+
+def _float_nodes(model, keep_float: Sequence[str]) -> list[str]:
+    """MatMul nodes whose name contains one of ``keep_float``: they stay in float."""
+    return [n.name for n in model.graph.node if n.op_type == "MatMul" and any(k in n.name for k in keep_float)]
+
+
+def _quantize_int8(src: Path, dst: Path, *, large: bool, per_channel: bool, keep_float: Sequence[str]) -> int:
+    onnx = require("onnx", "export")
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    exclude = _float_nodes(onnx.load(str(src), load_external_data=False), keep_float)
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
+                     nodes_to_exclude=exclude, use_external_data_format=large)
+    return len(exclude)
+
+
+def _quantize_int4(src: Path, dst: Path, *, large: bool, block_size: int, symmetric: bool,
+                   keep_float: Sequence[str]) -> int:
+    onnx = require("onnx", "export")
+    require("onnx_ir", "export")  # onnxruntime's MatMulNBits quantiser imports it; onnxruntime does not declare it
+    from onnxruntime.quantization import QuantFormat
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer  # (inside _quiet: basicConfig)
+
+    model = onnx.load(str(src))
+    exclude = _float_nodes(model, keep_float)
+    quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=block_size, is_symmetric=symmetric,
+                                     nodes_to_exclude=exclude, quant_format=QuantFormat.QOperator,
+                                     op_types_to_quantize=("MatMul",))
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(dst), use_external_data_format=large)
+    return len(exclude)
+
+
+def _quantize_fp16(src: Path, dst: Path, *, large: bool) -> int:
+    onnx = require("onnx", "export")
+    try:
+        from onnxruntime.transformers import float16
+    except ImportError as e:
+        raise ExportError("fp16 conversion needs onnxruntime's transformers tools "
+                          "(onnxruntime.transformers.float16): pip install 'onnxruntime>=1.20'") from e
+    model = onnx.load(str(src))
+    # keep logits float32: log-probabilities of a 50k vocabulary lose ~1e-3 in fp16 rounding alone
+    model16 = float16.convert_float_to_float16(model, keep_io_types=["logits"], disable_shape_infer=large)
+    onnx.save(model16, str(dst), save_as_external_data=large, all_tensors_to_one_file=True,
+              location=f"{dst.name}_data")
+    return 0
+
+
+_QUANTIZERS: dict[str, Callable[..., int]] = {"int8": _quantize_int8, "int4": _quantize_int4, "fp16": _quantize_fp16}
+
+
+def _onnx_drift(src: Path, dst: Path, quant: str) -> dict[str, Any] | None:
+    """Log-prob drift of ``dst`` from ``src`` on the parity text; None for fp16 the CPU cannot run."""
+    from ..runtime.onnx import OnnxBackend
+
+    with OnnxBackend(src) as ref:
+        ids = (ref.prefix_ids + ref.tokenize(PARITY_TEXT))[:PARITY_TOKENS]
+        want = _log_softmax(ref.logits(ids))  # (T, V)
+    try:
+        with OnnxBackend(dst) as backend:
+            got = _log_softmax(backend.logits(ids))
+    except Exception as e:
+        if quant == "fp16":  # some fp16 kernels exist only on CUDA: not a fault of the conversion
+            return None
+        raise ExportError(f"the quantised model {dst} does not run on CPU: {e}") from e
+    if not np.all(np.isfinite(got)):
+        raise ExportError(f"the quantised model {dst} produces NaN/Inf logits; try another quantisation")
+    target = np.asarray(ids[1:])
+    got_t, want_t = got[np.arange(len(target)), target], want[np.arange(len(target)), target]  # (T-1,)
+    return {"tokens": len(ids), "max_abs_target_logprob_diff": float(np.abs(got_t - want_t).max()),
+            "nll_source": float(-want_t.mean()), "nll_quantized": float(-got_t.mean())}
+
+
+# ------------------------------------------------------------------------------------- helpers
+
+
+def onnx_bytes(model_dir: str | Path) -> int:
+    """Bytes of the model proper: ``model.onnx`` plus its external data files."""
+    return sum(f.stat().st_size for f in Path(model_dir).iterdir() if f.is_file() and f.name.startswith(MODEL_FILE))
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)  # (T, V)
+    m = x.max(axis=-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+
+
+def _opset(path: Path) -> int | None:
+    onnx = require("onnx", "export")
+    model = onnx.load(str(path), load_external_data=False)
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+def _read_info(model_dir: Path) -> dict[str, Any]:
+    path = model_dir / INFO_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _write_info(model_dir: Path, info: dict[str, Any]) -> None:
+    info = {**info, "edge_downscale_version": __version__}
+    (model_dir / INFO_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def _versions() -> dict[str, str | None]:
+    out = {}
+    for pkg in ("optimum-onnx", "onnx", "onnxruntime", "transformers", "torch"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence exporter/quantiser chatter (tracer warnings, INFO logs) for one block.
+
+    onnxruntime's quantisers log on the root logger and one calls ``logging.basicConfig(level=INFO)``
+    at import; a temporary handler on the root logger makes that a no-op, so the app's logging is untouched.
+    """
+    with contextlib.suppress(ImportError):  # optimum sets its logger's level on first use: make that happen now
+        from optimum.utils import logging as optimum_logging
+
+        optimum_logging.get_logger()
+    root = logging.getLogger()
+    guard = None if root.handlers else logging.NullHandler()
+    loggers = [root] + [logging.getLogger(n) for n in ("optimum", "onnxruntime", "transformers", "torch.onnx")]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if guard is not None:
+            root.addHandler(guard)
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+            if guard is not None:
+                root.removeHandler(guard)
