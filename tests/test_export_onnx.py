@@ -196,3 +196,17 @@ def test_failed_validation_leaves_nothing_behind(tiny_model_dir, tmp_path):
     with pytest.raises(ExportError, match="disagrees with the torch model"):
         export_onnx(tiny_model_dir, tmp_path / "out", atol=-1.0)  # no export can pass a negative tolerance
     assert _listing(tmp_path) == []
+
+
+def test_greedy_decoding_with_the_kv_cache_matches_torch(onnx_dir, tiny_model_dir):
+    import torch
+
+    from edge_downscale.models import load_torch
+
+    model, tok, _ = load_torch(str(tiny_model_dir))
+    prompt = tok("def hash(object):", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        ref = model.generate(torch.tensor([prompt]), max_new_tokens=12, min_new_tokens=12, do_sample=False,
+                             pad_token_id=tok.eos_token_id)[0, len(prompt):].tolist()
+    got = OnnxBackend(onnx_dir).greedy(prompt, 12, stop_at_eos=False)
+    assert got == ref and len(got) == 12

@@ -147,6 +147,31 @@ class OnnxBackend(Backend):
         (logits,) = self._session.run(["logits"], feed)  # (1, T, V)
         return np.asarray(logits[0], dtype=np.float32)
 
+    def greedy(self, ids: Sequence[int], max_new_tokens: int, *, stop_at_eos: bool = True) -> list[int]:
+        """Greedy decoding with the KV cache: each step feeds the graph's ``present.*`` back as past."""
+        names = [o.name for o in self._session.get_outputs()]
+        past = dict(self._past)  # past_key_values.{i}.key/value, starting empty
+        step = np.asarray(ids, dtype=np.int64)[None, :]  # (1, T) the prompt, then one token at a time
+        seen, new = 0, []
+        for _ in range(max_new_tokens):
+            n = step.shape[1]
+            if seen + n > self.context_length:
+                break
+            feed = {"input_ids": step, **past}
+            if "attention_mask" in self._inputs:
+                feed["attention_mask"] = np.ones((1, seen + n), dtype=np.int64)
+            if "position_ids" in self._inputs:
+                feed["position_ids"] = np.arange(seen, seen + n, dtype=np.int64)[None, :]
+            out = dict(zip(names, self._session.run(names, feed)))
+            token = int(out["logits"][0, -1].argmax())
+            new.append(token)
+            seen += n
+            past = {k: out[k.replace("past_key_values", "present")] for k in past}
+            step = np.array([[token]], dtype=np.int64)
+            if stop_at_eos and token == self._eos:
+                break
+        return new
+
     def token_logprobs(self, sequences: Sequence[Sequence[int]]) -> list[np.ndarray]:
         out = []
         for ids in sequences:
