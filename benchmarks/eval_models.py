@@ -9,7 +9,6 @@ bytes (tokenizer-independent), so rows compare directly.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -59,9 +58,6 @@ def main() -> None:
                     + [f"{r['total_seconds']:.0f}"])
     print()
     print(markdown_table(rows))
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in rows[1:]:
-        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |")
     bytes_per_domain = {d: runs[0]["domains"][d]["bpb"]["n_bytes"] for d in domains} if runs else {}
     print(f"\nheld-out bytes per domain: {bytes_per_domain}; MC items per domain: {config.mc_items} (chance 0.25)")
     write_json_atomic(args.out, {"version": __version__, "machine": platform.machine(), "python": platform.python_version(),

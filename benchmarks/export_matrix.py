@@ -20,7 +20,6 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
 
 from edge_downscale import __version__  # noqa: E402
 from edge_downscale._io import write_json_atomic  # noqa: E402

@@ -127,9 +127,6 @@ def main() -> None:
                      + [f"{row['speedup']:.2f}"])
     print()
     print(markdown_table(table))
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for t in table[1:]:
-        print("| " + " | ".join(c.ljust(w) for c, w in zip(t, widths)) + " |")
     print(f"\ntimings: { {k: round(v, 1) for k, v in timings.items()} }")
     print(f"dense decode tok/s: start {dense_speed:.1f}, end {dense_speed_end:.1f}")
 

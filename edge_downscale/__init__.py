@@ -1,2 +1,2 @@
-from importlib.metadata import version as _v
+"""edge-downscale: one model + domain corpora -> a small, fast, measured ensemble of specialists."""
 __version__ = "0.1.0"

@@ -1,5 +1,4 @@
 """Export orchestration on the tiny model: parity gate, manifests, CLI errors (GGUF path; ONNX in its own file)."""
-import json
 import shutil
 
 import pytest

@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 from ..._io import atomic_path
 from ...config import StageConfig, check
-from ...errors import ConfigError, require
+from ...errors import require
 from .ffn import PruneError, check_finite, ffn_layers, ffn_width, kept_width, layout_for
 
 POLICY_WEIGHTS = "policy.safetensors"
