@@ -224,8 +224,10 @@ def _quantize_int8(src: Path, dst: Path, *, large: bool, per_channel: bool, keep
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     exclude = _float_nodes(onnx.load(str(src), load_external_data=False), keep_float)
+    # MatMuls only: the embedding lookup (Gather) would get one scale for the whole table, which costs
+    # SmolLM2 +2.15% bits-per-byte vs +1.37% with it kept float (larger file: 302 vs 217 MB).
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
-                     nodes_to_exclude=exclude, use_external_data_format=large)
+                     nodes_to_exclude=exclude, op_types_to_quantize=["MatMul"], use_external_data_format=large)
     return len(exclude)
 
 
