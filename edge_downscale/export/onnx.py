@@ -25,7 +25,6 @@ import logging
 import shutil
 import time
 import warnings
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -34,7 +33,9 @@ import numpy as np
 from .. import __version__
 from .._io import atomic_path
 from ..errors import EdgeDownscaleError, require
+from ..runtime.base import log_softmax
 from .errors import ExportError
+from .manifest import library_versions
 
 TASK = "text-generation-with-past"
 MODEL_FILE = "model.onnx"
@@ -92,7 +93,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, overwrite: bool =
         _write_info(tmp, {
             "source": str(src.resolve()), "task": TASK, "format": "onnx", "quantization": "fp32",
             "opset": _opset(tmp / MODEL_FILE), "export_seconds": round(export_seconds, 3),
-            "model_bytes": onnx_bytes(tmp), "parity_vs_torch": parity, "versions": _versions(),
+            "model_bytes": onnx_bytes(tmp), "parity_vs_torch": parity, "versions": library_versions(),
         })
     return out
 
@@ -143,17 +144,13 @@ def _check_onnx(path: Path) -> None:
 
 def _torch_parity(src: Path, onnx_dir: Path, atol: float) -> dict[str, Any]:
     """Max |log p_onnx - log p_torch| over a fixed text (all positions, all vocabulary)."""
-    torch = require("torch", "compress")
-    transformers = require("transformers", "compress")
+    from ..models.torch_backend import TorchBackend
     from ..runtime.onnx import OnnxBackend
 
     with OnnxBackend(onnx_dir) as backend:
         ids = (backend.prefix_ids + backend.tokenize(PARITY_TEXT))[:PARITY_TOKENS]
-        got = _log_softmax(backend.logits(ids))  # (T, V)
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        str(src), dtype=torch.float32, local_files_only=True, trust_remote_code=False, use_safetensors=True).eval()
-    with torch.inference_mode():
-        want = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1).numpy()  # (T, V)
+        got = log_softmax(backend.logits(ids))  # (T, V)
+    want = log_softmax(TorchBackend.from_ref(str(src)).logits(ids))  # (T, V)
     diff = float(np.abs(got - want).max())
     if not diff <= atol:  # also catches NaN
         raise ExportError(f"the ONNX export disagrees with the torch model: max |delta log p| = {diff:.3g} > "
@@ -208,7 +205,7 @@ def quantize_onnx(src_dir: str | Path, dst_dir: str | Path, quant: str, *, block
         info.update({
             "quantization": quant, "quant_options": kwargs, "float_matmuls_kept": kept,
             "quantized_from": str(src.resolve()), "quantize_seconds": round(seconds, 3), "model_bytes": onnx_bytes(tmp),
-            "drift_vs_source": _onnx_drift(src, tmp, quant), "versions": _versions(),
+            "drift_vs_source": _onnx_drift(src, tmp, quant), "versions": library_versions(),
         })
         _write_info(tmp, info)
     return dst
@@ -272,10 +269,10 @@ def _onnx_drift(src: Path, dst: Path, quant: str) -> dict[str, Any] | None:
 
     with OnnxBackend(src) as ref:
         ids = (ref.prefix_ids + ref.tokenize(PARITY_TEXT))[:PARITY_TOKENS]
-        want = _log_softmax(ref.logits(ids))  # (T, V)
+        want = log_softmax(ref.logits(ids))  # (T, V)
     try:
         with OnnxBackend(dst) as backend:
-            got = _log_softmax(backend.logits(ids))
+            got = log_softmax(backend.logits(ids))
     except Exception as e:
         if quant == "fp16":  # some fp16 kernels exist only on CUDA: not a fault of the conversion
             return None
@@ -296,12 +293,6 @@ def onnx_bytes(model_dir: str | Path) -> int:
     return sum(f.stat().st_size for f in Path(model_dir).iterdir() if f.is_file() and f.name.startswith(MODEL_FILE))
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)  # (T, V)
-    m = x.max(axis=-1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
-
-
 def _opset(path: Path) -> int | None:
     onnx = require("onnx", "export")
     model = onnx.load(str(path), load_external_data=False)
@@ -316,16 +307,6 @@ def _read_info(model_dir: Path) -> dict[str, Any]:
 def _write_info(model_dir: Path, info: dict[str, Any]) -> None:
     info = {**info, "edge_downscale_version": __version__}
     (model_dir / INFO_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n", encoding="utf-8")
-
-
-def _versions() -> dict[str, str | None]:
-    out = {}
-    for pkg in ("optimum-onnx", "onnx", "onnxruntime", "transformers", "torch"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = None
-    return out
 
 
 @contextlib.contextmanager

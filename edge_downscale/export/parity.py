@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from ..eval.bpb import bits_per_byte
-from ..runtime.base import Backend
+from ..runtime.base import Backend, log_softmax
 from .errors import ExportError
 
 # quant -> (max relative bits-per-byte increase, max mean KL in nats/token)
@@ -64,12 +64,10 @@ def mean_kl(source: Backend, exported: Backend, texts: Sequence[str], *, max_len
         ids = (source.prefix_ids + source.tokenize(text))[: min(max_length, max_tokens - count + 1)]
         if len(ids) < 2:
             continue
-        p = source.logits(ids).astype(np.float64)  # (T, V)
-        q = exported.logits(ids).astype(np.float64)  # (T, V)
-        if p.shape != q.shape:
-            raise ExportError(f"source and export disagree on the vocabulary ({p.shape[1]} vs {q.shape[1]} logits)")
-        logp = p - np.logaddexp.reduce(p, axis=-1, keepdims=True)
-        logq = q - np.logaddexp.reduce(q, axis=-1, keepdims=True)
+        logp = log_softmax(source.logits(ids))  # (T, V)
+        logq = log_softmax(exported.logits(ids))  # (T, V)
+        if logp.shape != logq.shape:
+            raise ExportError(f"source and export disagree on the vocabulary ({logp.shape[1]} vs {logq.shape[1]} logits)")
         total += float((np.exp(logp) * (logp - logq)).sum())
         count += len(ids)
     return (total / count if count else 0.0), count

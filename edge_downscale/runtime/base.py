@@ -69,6 +69,13 @@ def backend_class(name: str) -> type[Backend]:
     return getattr(importlib.import_module(module), cls)
 
 
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax in float64.  logits: (T, V) -> (T, V)."""
+    x = np.asarray(logits, dtype=np.float64)
+    m = x.max(axis=-1, keepdims=True)  # (T, 1)
+    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+
+
 def log_softmax_gather(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """``log_softmax(logits)[i, targets[i]]``, stable.  logits: (T, V), targets: (T,) -> (T,) float64.
 
