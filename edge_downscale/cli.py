@@ -136,7 +136,7 @@ def data_info(corpus_dir):
 
 
 # ----------------------------------------------------------------------------- eval
-@cli.command("eval")
+@cli.command("eval", short_help="Bits-per-byte and multiple choice per domain.")
 @click.argument("model")
 @click.option("--domains", default="code,docs,legal", show_default=True,
               help="Comma-separated demo domains or corpus directories.")
@@ -173,7 +173,7 @@ def eval_cmd(model, domains, backend, json_out, max_bytes, mc_items, max_length,
 
 
 # ----------------------------------------------------------------------------- export
-@cli.command("export")
+@cli.command("export", short_help="Export to GGUF or ONNX, each quant gated.")
 @click.argument("model")
 @click.option("--format", "fmt", type=click.Choice(["gguf", "onnx"]), required=True)
 @click.option("--quant", "quants", required=True,
@@ -205,7 +205,7 @@ def _ratios(value: str) -> list[float]:
         raise click.BadParameter(f"expected comma-separated numbers like 0.2,0.3,0.5, got {value!r}") from None
 
 
-@cli.command("prune")
+@cli.command("prune", short_help="Structured FFN pruning, one model per ratio.")
 @click.argument("model")
 @click.option("--ratios", default="0.2,0.3,0.5", show_default=True,
               help="Fractions of each FFN's width to remove, comma-separated; one model per ratio.")
@@ -242,12 +242,12 @@ def prune_cmd(model, ratios, out_dir, method, policy_dir, train_ratio, episodes,
 
 
 # ----------------------------------------------------------------------------- laws
-@cli.group(cls=_Group)
+@cli.group(cls=_Group, short_help="Fit compression laws to measured results.")
 def laws():
     """Fit compression laws (quality and runtime vs compression ratio) to measured results."""
 
 
-@laws.command("fit")
+@laws.command("fit", short_help="Fit quality and runtime laws to a RESULTS file.")
 @click.argument("results", type=click.Path(dir_okay=False))
 @click.option("--method", default=None, help="Fit only the points of this method (required when several).")
 @click.option("--target", type=float, default=None,
