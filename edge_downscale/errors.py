@@ -42,6 +42,10 @@ class MissingDependencyError(EdgeDownscaleError, ImportError):
         self.extra = extra
 
 
+class EnergyUnavailableError(EdgeDownscaleError):
+    """An energy meter was asked to measure although it is not available here (the message says why)."""
+
+
 class EvalError(EdgeDownscaleError):
     """An evaluation cannot run on the given input."""
 
