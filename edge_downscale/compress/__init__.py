@@ -1,1 +1,4 @@
-"""Compression stage (data pruning, PruneNet, distillation, domain-continual pretraining): lands with issues 3, 4 and 7."""
+"""Compression stage: structured pruning (prune/: PruneNet and baselines) and compression laws (laws.py).
+
+Data pruning, distillation and domain-continual pretraining are still to come (issues 4 and 7).
+"""

@@ -16,7 +16,7 @@ from .mc import MCItem, MCResult, build_items, score_items
 
 __all__ = [
     "BpbResult", "MCItem", "MCResult", "EvalConfig", "bits_per_byte", "build_items", "evaluate",
-    "heldout_texts", "open_backend", "score_items", "windows", "format_table", "markdown_table",
+    "corpus_dir", "heldout_texts", "open_backend", "score_items", "windows", "format_table", "markdown_table",
 ]
 
 
@@ -39,7 +39,7 @@ def open_backend(model: str, backend: str = "torch", *, context_length: int = 20
     raise ConfigError(f"unknown backend {backend!r}; available: torch, llamacpp")
 
 
-def _corpus_dir(domain: str) -> Path:
+def corpus_dir(domain: str) -> Path:
     from ..data import DEMO_DOMAINS, demo_corpus
 
     if domain in DEMO_DOMAINS:
@@ -62,7 +62,7 @@ def heldout_texts(domain: str, config: EvalConfig) -> tuple[list[str], list[str]
     """
     from ..data import load_corpus
 
-    split = load_corpus(_corpus_dir(domain))[config.split]
+    split = load_corpus(corpus_dir(domain))[config.split]
     texts = [t for t in split["text"] if t]
     if not texts:
         raise EvalError(f"domain {domain!r}: the {config.split} split is empty")

@@ -29,13 +29,13 @@ EXPORT_FORMATS: dict[str, tuple[str, ...]] = {
 def source_directory(model: str | Path) -> Path:
     """An HF directory for ``model``: a path as is, or a registered/GGUF model's dequantised cache."""
     from ..models import resolve
-    from ..models.loader import _gguf_hf_cache, load_torch
+    from ..models.loader import gguf_hf_dir, load_torch
 
     ref = resolve(model)
     if ref.format == "hf":
         return ref.path
     if ref.format == "gguf":
-        hf_dir = _gguf_hf_cache(ref.path)
+        hf_dir = gguf_hf_dir(ref.path)
         if not (hf_dir / "config.json").exists():
             load_torch(ref)  # dequantises once into the cache
         return hf_dir

@@ -43,7 +43,7 @@ INFO_FILE = "export_info.json"
 ONNX_QUANTS = ("int8", "int4", "fp16")
 # MatMuls left in float by default. int8 quantises activations too (dynamically, one scale per tensor),
 # and the FFN down-projection's input carries the outlier features of LLM.int8() (Dettmers et al. 2022):
-# on SmolLM2-135M quantising it costs +17% bits-per-byte, keeping it float +2%. int4 is weight-only.
+# on SmolLM2-135M quantising it costs +14.7% bits-per-byte (benchmarks/onnx_quant_variants.py). int4 is weight-only.
 KEEP_FLOAT: dict[str, tuple[str, ...]] = {"int8": ("down_proj",), "int4": ()}
 # Copied verbatim from the source directory: the runtime reads tokenizer.json (+ configs for BOS/EOS).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
@@ -222,7 +222,8 @@ def _quantize_int8(src: Path, dst: Path, *, large: bool, per_channel: bool, keep
 
     exclude = _float_nodes(onnx.load(str(src), load_external_data=False), keep_float)
     # MatMuls only: the embedding lookup (Gather) would get one scale for the whole table, which costs
-    # SmolLM2 +2.15% bits-per-byte vs +1.37% with it kept float (larger file: 302 vs 217 MB).
+    # SmolLM2 +2.15% bits-per-byte vs +1.37% with it kept float (larger file: 302 vs 217 MB;
+    # benchmarks/onnx_quant_variants.py).
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
                      nodes_to_exclude=exclude, op_types_to_quantize=["MatMul"], use_external_data_format=large)
     return len(exclude)

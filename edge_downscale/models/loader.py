@@ -67,7 +67,7 @@ def detect_format(path: Path) -> str:
     )
 
 
-def _gguf_hf_cache(gguf_path: Path) -> Path:
+def gguf_hf_dir(gguf_path: Path) -> Path:
     """Dequantising a GGUF takes ~15 s; keep the result as a safetensors HF dir keyed by file hash."""
     return cache_dir("hf-from-gguf") / sha256_file(gguf_path)[:24]
 
@@ -89,7 +89,7 @@ def load_torch(ref: str | os.PathLike | ModelRef, *, dtype: str = "float32", dev
         ginfo = check_gguf(m.path)
         info.update({"dequantized": True, "gguf_file_type": ginfo.file_type,
                      "note": f"weights dequantised from GGUF {ginfo.file_type} to {dtype} by transformers"})
-        hf_dir = _gguf_hf_cache(m.path)
+        hf_dir = gguf_hf_dir(m.path)
         if not (hf_dir / "config.json").exists():
             with atomic_path(hf_dir) as tmp:
                 kw = dict(gguf_file=m.path.name, local_files_only=True, trust_remote_code=False)
