@@ -54,6 +54,14 @@ class LawFitError(EdgeDownscaleError):
     """Compression-law data cannot be read or fit (bad points, too few, nothing to identify)."""
 
 
+class ExportError(EdgeDownscaleError):
+    """An export failed or was refused, or an exported artifact does not match its manifest."""
+
+
+class BundleError(EdgeDownscaleError):
+    """An ensemble bundle is missing, malformed or tampered with, or none of its members could answer."""
+
+
 def require(module: str, extra: str):
     """Import an optional module or raise a MissingDependencyError naming the extra to install."""
     import importlib

@@ -105,19 +105,9 @@ def score_items(backend: Backend, items: Sequence[MCItem], *, max_length: int = 
     if not items:
         raise EvalError("no multiple-choice items: the held-out split has too little text")
     max_length = min(max_length, backend.context_length)
-    prefix = backend.prefix_ids
     correct = correct_norm = 0
     for item in items:
-        ctx = prefix + backend.tokenize(item.context)
-        seqs, n_cont = [], []
-        for choice in item.choices:
-            cont = backend.tokenize(choice)
-            room = max_length - len(cont)
-            seq = (ctx if len(ctx) <= room else prefix + ctx[len(ctx) - room + len(prefix):]) + cont
-            seqs.append(seq)
-            n_cont.append(len(cont))
-        lps = backend.token_logprobs(seqs)
-        sums = np.array([lp[-n:].sum() for lp, n in zip(lps, n_cont)])  # (n_choices,)
+        sums = backend.option_logprobs(item.context, item.choices, max_length=max_length)  # (n_choices,)
         per_byte = sums / np.array([len(c.encode("utf-8")) for c in item.choices])
         correct += int(np.argmax(sums) == item.answer)
         correct_norm += int(np.argmax(per_byte) == item.answer)

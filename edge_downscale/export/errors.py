@@ -1,8 +1,4 @@
-"""Export errors."""
-from __future__ import annotations
+"""Export errors (defined with the others in :mod:`edge_downscale.errors`)."""
+from ..errors import ExportError
 
-from ..errors import EdgeDownscaleError
-
-
-class ExportError(EdgeDownscaleError):
-    """An export failed or was refused."""
+__all__ = ["ExportError"]

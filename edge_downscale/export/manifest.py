@@ -14,9 +14,8 @@ from typing import Any
 
 from .. import __version__
 from .._io import sha256_file, write_json_atomic
-from .errors import ExportError
+from ..artifacts import MANIFEST, file_table, verify_manifest  # noqa: F401 (re-exported)
 
-MANIFEST = "model.json"
 _LIBRARIES = ("torch", "transformers", "gguf", "llama_cpp_python", "onnx", "onnxruntime", "optimum-onnx")
 
 
@@ -40,11 +39,6 @@ def source_hash(model_dir: str | Path) -> str:
     return h.hexdigest()
 
 
-def file_table(artifact_dir: Path) -> dict[str, dict[str, Any]]:
-    return {p.relative_to(artifact_dir).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-            for p in sorted(artifact_dir.rglob("*")) if p.is_file() and p.name != MANIFEST}
-
-
 def write_manifest(artifact_dir: str | Path, *, format: str, quant: str, source_dir: str | Path,
                    context_length: int | None, tokenizer: dict[str, Any], parity: dict[str, Any] | None,
                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -59,20 +53,4 @@ def write_manifest(artifact_dir: str | Path, *, format: str, quant: str, source_
         "versions": library_versions(), **(extra or {}),
     }
     write_json_atomic(artifact_dir / MANIFEST, manifest)
-    return manifest
-
-
-def verify_manifest(artifact_dir: str | Path) -> dict[str, Any]:
-    """Check every file against the manifest; raise ExportError naming the first mismatch."""
-    artifact_dir = Path(artifact_dir)
-    path = artifact_dir / MANIFEST
-    if not path.exists():
-        raise ExportError(f"{artifact_dir}: no {MANIFEST}; it is not a finished export (re-run edge-downscale export)")
-    manifest = json.loads(path.read_text())
-    for name, info in manifest["files"].items():
-        f = artifact_dir / name
-        if not f.exists():
-            raise ExportError(f"{artifact_dir}: {name} is missing; re-export")
-        if f.stat().st_size != info["bytes"] or sha256_file(f) != info["sha256"]:
-            raise ExportError(f"{artifact_dir}: {name} does not match its manifest hash (modified or corrupt); re-export")
     return manifest

@@ -31,8 +31,11 @@ class TorchBackend(Backend):
         backend.info = info
         return backend
 
-    def tokenize(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=not special)["input_ids"]
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
     @property
     def prefix_ids(self) -> list[int]:

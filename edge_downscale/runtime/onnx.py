@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Generator, Sequence
 
 import numpy as np
 
 from ..errors import ConfigError, MissingDependencyError, ModelFormatError, require
-from .base import Backend, log_softmax_gather
+from .generation import ContextOverflowError
+from .base import END_OF_TURN_TEXTS, Backend, log_softmax_gather
 
 MODEL_FILE = "model.onnx"
 DEVICES = ("cpu", "cuda", "auto")
@@ -48,7 +49,7 @@ class OnnxBackend(Backend):
     """An ONNX causal LM with a KV-cache signature, run by onnxruntime on CPU or CUDA."""
 
     name = "onnx"
-    capabilities = frozenset({"logprobs", "logits", "gpu"})
+    capabilities = frozenset({"logprobs", "logits", "generate", "streaming", "chat", "gpu"})
 
     def __init__(self, model_dir: str | Path, *, device: str = "cpu", n_threads: int | None = None,
                  context_length: int | None = None):
@@ -73,6 +74,7 @@ class OnnxBackend(Backend):
         max_pos = config.get("max_position_embeddings") or 2048
         self.context_length = min(context_length or max_pos, max_pos)
         self._bos, self._eos = self._special_ids(config)
+        self._tok_config = _read_json(self.model_dir / "tokenizer_config.json")
         self._inputs = {i.name: i for i in self._session.get_inputs()}
         if "input_ids" not in self._inputs or "logits" not in {o.name for o in self._session.get_outputs()}:
             raise ModelFormatError(f"{self.model_path}: not a causal-LM export (needs input_ids -> logits)")
@@ -121,8 +123,38 @@ class OnnxBackend(Backend):
             raise ModelFormatError(f"cannot build an empty KV cache for input {inp.name} ({inp.type}, {shape})")
         return np.zeros((1, heads, 0, head_dim), dtype=dtype)
 
-    def tokenize(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
+    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
+        with self.lock:  # encode_special_tokens is tokenizer state
+            self._tok.encode_special_tokens = not special
+            return self._tok.encode(text, add_special_tokens=False).ids
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=True)
+
+    @property
+    def end_ids(self) -> frozenset[int]:
+        ids = {self._tok.token_to_id(t) for t in END_OF_TURN_TEXTS} | {self._eos}
+        return frozenset(i for i in ids if i is not None)
+
+    @property
+    def chat_template(self) -> str | None:
+        """tokenizer_config.json's ``chat_template`` (its "default" entry if a list), else chat_template.jinja."""
+        template = self._tok_config.get("chat_template")
+        if isinstance(template, list):
+            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+            template = named.get("default") or next(iter(named.values()), None)
+        jinja = self.model_dir / "chat_template.jinja"
+        if not template and jinja.is_file():
+            template = jinja.read_text(encoding="utf-8")
+        return template or None
+
+    @property
+    def special_tokens(self) -> dict[str, str]:
+        out = {}
+        for key, tid in (("bos_token", self._bos), ("eos_token", self._eos)):
+            if tid is not None:
+                out[key] = self._tok.id_to_token(tid) or ""
+        return out
 
     @property
     def prefix_ids(self) -> list[int]:
@@ -147,29 +179,41 @@ class OnnxBackend(Backend):
         (logits,) = self._session.run(["logits"], feed)  # (1, T, V)
         return np.asarray(logits[0], dtype=np.float32)
 
-    def greedy(self, ids: Sequence[int], max_new_tokens: int, *, stop_at_eos: bool = True) -> list[int]:
-        """Greedy decoding with the KV cache: each step feeds the graph's ``present.*`` back as past."""
+    def _decode(self, prompt_ids: list[int]) -> Generator[np.ndarray, int, None]:
+        """KV-cache decoding: the prompt in one pass, then one token a step, feeding ``present.*`` back as past."""
         names = [o.name for o in self._session.get_outputs()]
-        past = dict(self._past)  # past_key_values.{i}.key/value, starting empty
-        step = np.asarray(ids, dtype=np.int64)[None, :]  # (1, T) the prompt, then one token at a time
-        seen, new = 0, []
-        for _ in range(max_new_tokens):
+        past = dict(self._past)  # past_key_values.{i}.key/value, starting empty: (1, kv_heads, 0, head_dim)
+        step = np.asarray(prompt_ids, dtype=np.int64)[None, :]  # (1, T) the prompt, then (1, 1)
+        seen = 0
+        while True:
             n = step.shape[1]
             if seen + n > self.context_length:
-                break
+                raise ContextOverflowError(f"decoding past the context length {self.context_length}")
             feed = {"input_ids": step, **past}
             if "attention_mask" in self._inputs:
                 feed["attention_mask"] = np.ones((1, seen + n), dtype=np.int64)
             if "position_ids" in self._inputs:
                 feed["position_ids"] = np.arange(seen, seen + n, dtype=np.int64)[None, :]
             out = dict(zip(names, self._session.run(names, feed)))
-            token = int(out["logits"][0, -1].argmax())
-            new.append(token)
             seen += n
             past = {k: out[k.replace("past_key_values", "present")] for k in past}
+            token = yield np.asarray(out["logits"][0, -1], dtype=np.float32)  # (V,)
             step = np.array([[token]], dtype=np.int64)
-            if stop_at_eos and token == self._eos:
-                break
+
+    def greedy(self, ids: Sequence[int], max_new_tokens: int, *, stop_at_eos: bool = True) -> list[int]:
+        """Greedy token ids after ``ids`` (no detokenization, no metering): parity checks use it."""
+        new: list[int] = []
+        steps = self._decode(list(ids))
+        try:
+            logits = next(steps)
+            while len(new) < max_new_tokens and len(ids) + len(new) < self.context_length:
+                token = int(logits.argmax())
+                new.append(token)
+                if stop_at_eos and token == self._eos:
+                    break
+                logits = steps.send(token)
+        finally:
+            steps.close()
         return new
 
     def token_logprobs(self, sequences: Sequence[Sequence[int]]) -> list[np.ndarray]:
