@@ -281,6 +281,222 @@ def laws_fit(results, method, target, plot_out, holdout, tokens_unit, no_dense, 
         click.echo(f"wrote {json_out}", err=True)
 
 
+# ----------------------------------------------------------------------------- runtime
+def _key_values(values, what: str, sep: str = "=") -> dict[str, str]:
+    out = {}
+    for v in values:
+        key, found, value = v.partition(sep)
+        if not found or not key or not value:
+            raise click.BadParameter(f"expected {what}, got {v!r}")
+        out[key] = value
+    return out
+
+
+def _option_value(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+@cli.group(cls=_Group, short_help="Build and inspect ensemble bundles.")
+def bundle():
+    """Ensemble bundles: exported specialists + ensemble.json (strategy, router, thresholds)."""
+
+
+@bundle.command("build", short_help="Bundle exports into an ensemble (route, cascade or vote).")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--member", "member_args", multiple=True, required=True, metavar="NAME=EXPORT_DIR[:DOMAIN]",
+              help="A member: an export directory (with model.json) and the domain it serves. Repeat.")
+@click.option("--strategy", type=click.Choice(["route", "cascade", "vote"]), default="route", show_default=True)
+@click.option("--router-corpus", "router_corpora", multiple=True, metavar="DOMAIN=CORPUS",
+              help="Router training text: a corpus from `data build` (or a demo domain name). Route only; repeat.")
+@click.option("--router-kind", type=click.Choice(["ngram-linear", "centroid"]), default="ngram-linear", show_default=True)
+@click.option("--min-confidence", type=float, default=0.0, show_default=True,
+              help="Below this router confidence the fallback member answers.")
+@click.option("--fallback", default=None, help="Member (domain) that answers when the router is unsure.")
+@click.option("--calibrate-corpus", "calibrate_corpora", multiple=True, metavar="CORPUS",
+              help="Held-out text (validation split) that calibrates cascade thresholds. Repeat.")
+@click.option("--target-acceptance", type=float, default=0.5, show_default=True,
+              help="Cascade: share of requests each level but the last should answer.")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="A strategy option (JSON value), e.g. combine=\"mean_prob\" for vote. Repeat.")
+@click.option("--member-option", "member_options", multiple=True, metavar="NAME.KEY=VALUE",
+              help="A backend option for one member, e.g. code.n_threads=4 or code.n_gpu_layers=-1. Repeat.")
+@click.option("--memory-budget-mb", type=float, default=None, help="Keep at most this much loaded (LRU eviction).")
+@click.option("--grid", "grid_g_per_kwh", type=float, default=400.0, show_default=True,
+              help="Grid carbon intensity in g CO2 per kWh, for usage.grams_co2.")
+def bundle_build(out, member_args, strategy, router_corpora, router_kind, min_confidence, fallback, calibrate_corpora,
+                 target_acceptance, options, member_options, memory_budget_mb, grid_g_per_kwh):
+    """Copy finished exports into OUT with an ensemble.json, train the router / calibrate the cascade.
+
+    \b
+    Example:
+      edge-downscale bundle build bundle/ --member code=exports/code/gguf-q4_k_m:code \
+          --member legal=exports/legal/gguf-q4_k_m:legal --router-corpus code=code --router-corpus legal=legal
+    """
+    from .runtime.bundle import build_bundle, calibration_data
+
+    members = []
+    for name, rest in _key_values(member_args, "NAME=EXPORT_DIR[:DOMAIN]").items():
+        path, _, domain = rest.rpartition(":") if ":" in rest else (rest, "", "")
+        members.append({"name": name, "path": path or rest, "domain": domain or None})
+    for key, value in _key_values(member_options, "NAME.KEY=VALUE").items():
+        name, _, opt = key.partition(".")
+        target = next((m for m in members if m["name"] == name), None)
+        if target is None or not opt:
+            raise click.BadParameter(f"--member-option {key!r}: expected NAME.KEY with NAME a member")
+        target.setdefault("options", {})[opt] = _option_value(value)
+    router_texts = None
+    if router_corpora:
+        from .runtime.router import texts_by_domain
+
+        router_texts = texts_by_domain(_key_values(router_corpora, "DOMAIN=CORPUS"), "train")
+    calibration = calibration_data(calibrate_corpora) if calibrate_corpora else None
+    strategy_options = {k: _option_value(v) for k, v in _key_values(options, "KEY=VALUE").items()}
+    router_options = {"min_confidence": min_confidence, "fallback": fallback}
+    path = build_bundle(out, members, strategy=strategy, strategy_options=strategy_options, router_texts=router_texts,
+                        router_kind=router_kind, router_options=router_options, memory_budget_mb=memory_budget_mb,
+                        grid_g_per_kwh=grid_g_per_kwh, calibration=calibration, target_acceptance=target_acceptance,
+                        log=lambda m: click.echo(m, err=True))
+    click.echo(str(path))
+
+
+@bundle.command("info", short_help="Show a bundle's members, strategy and router.")
+@click.argument("path", type=click.Path(exists=True))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def bundle_info(path, as_json):
+    """Check a bundle's manifests and print what it holds (members are not loaded)."""
+    from .runtime import Ensemble
+
+    with Ensemble.load(path) as ens:
+        info = {"strategy": ens.spec.strategy, "strategy_options": ens.spec.strategy_options,
+                "router": ens.spec.router, "memory_budget_mb": ens.memory_budget_mb,
+                "members": [{"name": m.name, "domain": m.domain, "backend": m.spec.backend,
+                             "format": m.manifest.get("format"), "quantization": m.manifest.get("quantization"),
+                             "memory_mb": round(m.memory_mb, 1), "cost": round(m.cost, 1)} for m in ens.members.values()]}
+    if as_json:
+        return _echo_json(info)
+    click.echo(f"strategy: {info['strategy']}")
+    for m in info["members"]:
+        click.echo(f"  {m['name']:<12} {m['domain'] or '-':<10} {m['backend']:<9} {m['quantization'] or '-':<8} {m['memory_mb']} MB")
+    if info["router"]:
+        click.echo(f"router: {info['router'].get('type')}")
+
+
+def _generation_options(f):
+    for opt in reversed([
+        click.option("--max-tokens", type=int, default=128, show_default=True, help="Most tokens to generate."),
+        click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy."),
+        click.option("--top-k", type=int, default=0, show_default=True, help="Sample from the k most likely (0 = off)."),
+        click.option("--top-p", type=float, default=1.0, show_default=True, help="Nucleus sampling mass (1 = off)."),
+        click.option("--stop", multiple=True, help="Stop at this string (not included). Repeat."),
+        click.option("--seed", type=int, default=None, help="Sampling seed (reproducible output)."),
+        click.option("--overflow", type=click.Choice(["truncate", "error"]), default="truncate", show_default=True,
+                     help="A prompt longer than the context: drop its oldest tokens, or refuse."),
+        click.option("--strategy-option", "strategy_options", multiple=True, metavar="KEY=VALUE",
+                     help="Override a strategy option for this run (JSON value). Repeat."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _gen_kwargs(kw) -> dict:
+    return dict(max_tokens=kw["max_tokens"], temperature=kw["temperature"], top_k=kw["top_k"], top_p=kw["top_p"],
+                stop=kw["stop"], seed=kw["seed"], overflow=kw["overflow"])
+
+
+def _load_ensemble(bundle_path, strategy_options):
+    from .runtime import Ensemble
+
+    return Ensemble.load(bundle_path, strategy_options={k: _option_value(v) for k, v in
+                                                        _key_values(strategy_options, "KEY=VALUE").items()})
+
+
+def _usage_line(resp) -> str:
+    u = resp.usage
+    parts = [f"{', '.join(resp.members)}", resp.reason, f"{u.prompt_tokens}+{u.completion_tokens} tokens"]
+    if u.ttft_s is not None:
+        parts.append(f"ttft {u.ttft_s * 1e3:.0f} ms")
+    parts.append(f"{u.latency_s:.2f} s")
+    if u.tokens_per_s:
+        parts.append(f"{u.tokens_per_s:.1f} tok/s")
+    if u.joules is not None:
+        parts.append(f"{u.joules:.2f} J ({u.energy_source})")
+    if u.grams_co2 is not None:
+        parts.append(f"{u.grams_co2 * 1e3:.3f} mg CO2")
+    if u.truncated_tokens:
+        parts.append(f"{u.truncated_tokens} prompt tokens truncated")
+    for f in resp.fallbacks:
+        parts.append(f"fallback: {f['error']}")
+    return "[" + " | ".join(parts) + "]"
+
+
+def _stream(ens, prompt, kw, as_json: bool):
+    """Print a response (streamed unless --json); return it."""
+    if as_json:
+        resp = ens.generate(prompt, **_gen_kwargs(kw))
+        _echo_json(resp.to_dict())
+        return resp
+    resp = None
+    for chunk in ens.generate(prompt, stream=True, **_gen_kwargs(kw)):
+        if chunk.restart:
+            click.echo("\n[a member failed mid-answer; restarting with the next one]", err=True)
+        if chunk.text:
+            click.echo(chunk.text, nl=False)
+        resp = chunk.final or resp
+    click.echo()
+    click.echo(_usage_line(resp), err=True)
+    return resp
+
+
+@cli.command("run", short_help="Answer one prompt with a bundle (streams tokens).")
+@click.argument("bundle_path", metavar="BUNDLE", type=click.Path(exists=True))
+@click.argument("prompt")
+@click.option("--chat", "as_chat", is_flag=True, help="Send PROMPT as a user chat message (model's chat template).")
+@click.option("--system", default=None, help="A system message (implies --chat).")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole response (text, members, reason, usage) as JSON.")
+@_generation_options
+def run_cmd(bundle_path, prompt, as_chat, system, as_json, **kw):
+    """Answer PROMPT with the bundle's strategy; usage (tokens, latency, joules, source) goes to stderr."""
+    if prompt == "-":
+        prompt = sys.stdin.read()
+    if not prompt.strip():
+        raise click.BadParameter("the prompt is empty")
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    with _load_ensemble(bundle_path, kw.pop("strategy_options")) as ens:
+        _stream(ens, messages if (as_chat or system) else prompt, kw, as_json)
+
+
+@cli.command("chat", short_help="Chat with a bundle in the terminal.")
+@click.argument("bundle_path", metavar="BUNDLE", type=click.Path(exists=True))
+@click.option("--system", default=None, help="A system message.")
+@click.option("--json", "as_json", is_flag=True, help="Print each response as JSON.")
+@_generation_options
+def chat_cmd(bundle_path, system, as_json, **kw):
+    """An interactive loop: each line is a user message, answered with the conversation so far.
+
+    Empty line or Ctrl-D quits; /reset forgets the conversation.
+    """
+    interactive = sys.stdin.isatty()
+    messages = [{"role": "system", "content": system}] if system else []
+    with _load_ensemble(bundle_path, kw.pop("strategy_options")) as ens:
+        while True:
+            try:
+                line = input("> ") if interactive else sys.stdin.readline()
+            except EOFError:
+                break
+            if not line or not line.strip():
+                break
+            line = line.rstrip("\n")
+            if line.strip() == "/reset":
+                messages = messages[:1] if system else []
+                continue
+            messages.append({"role": "user", "content": line})
+            resp = _stream(ens, messages, kw, as_json)
+            messages.append({"role": "assistant", "content": resp.text or ""})
+
+
 def main() -> None:
     cli(prog_name="edge-downscale")
 
