@@ -83,3 +83,34 @@ def test_cli_eval_end_to_end_writes_json(tmp_path, smollm2_gguf):
     assert "bits/byte" in res.output and "legal" in res.output
     data = __import__("json").loads(out.read_text())
     assert set(data["domains"]) == {"docs", "legal"} and data["mixed_bpb"] > 0
+
+
+def test_runtime_generation_matches_raw_llama_cpp_greedy(smollm2_gguf, llama_smollm2):
+    """Our decode loop (numpy sampling, our KV handling) gives llama-cpp-python's own greedy tokens."""
+    import llama_cpp
+
+    prompt = inspect.getsource(json.decoder)[:600]
+    ours = llama_smollm2.generate(prompt, max_tokens=24, meter=None)
+    ids = llama_smollm2.prefix_ids + llama_smollm2.tokenize(prompt)
+    raw = llama_cpp.Llama(model_path=str(smollm2_gguf), n_ctx=512, verbose=False, seed=0)
+    try:
+        theirs = []
+        for tok in raw.generate(ids, temp=0.0, top_k=1, reset=True):
+            if tok in llama_smollm2.end_ids or len(theirs) == 24:
+                break
+            theirs.append(tok)
+    finally:
+        raw.close()
+    assert ours.tokens == theirs and ours.usage.completion_tokens == len(theirs)
+    assert ours.text == llama_smollm2.detokenize(theirs)
+
+
+def test_smollm2_chat_template_and_stop_strings(llama_smollm2):
+    """The instruct model's own ChatML template is used, ends on <|im_end|>, and stop strings cut."""
+    messages = [{"role": "user", "content": "Write one word: hello."}]
+    answer = llama_smollm2.generate(messages, max_tokens=48, meter=None)
+    assert answer.template == "model" and "<|im_start|>" not in answer.text
+    ids, _, _ = llama_smollm2.prompt_ids(messages, 48)
+    assert llama_smollm2.detokenize(ids).rstrip().endswith("assistant")  # generation prompt appended
+    cut = llama_smollm2.generate("1, 2, 3, 4, 5,", max_tokens=24, stop=[" 8"], meter=None)
+    assert " 8" not in cut.text and cut.finish_reason == "stop"
