@@ -15,6 +15,7 @@ teacher), a router trained on the demo corpora's train splits. Measured:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -24,6 +25,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
 
 from edge_downscale._io import cache_dir, write_json_atomic  # noqa: E402
 from edge_downscale.data import DEMO_DOMAINS  # noqa: E402
@@ -132,6 +135,61 @@ def concurrency(ens, prompts, max_tokens: int, threads: int = 8) -> dict:
             "wrong_answers": wrong, "errors": errors}
 
 
+def mc_items(split: str, n_per_domain: int, seed: int = 0) -> list[tuple[str, list[str], int]]:
+    from edge_downscale.eval.mc import build_items
+    from edge_downscale.runtime.router import texts_by_domain
+
+    out = []
+    for docs in texts_by_domain({d: d for d in DEMO_DOMAINS}, split).values():
+        out += [(it.context, it.choices, it.answer) for it in build_items(
+            docs, n_items=n_per_domain, context_chars=320, continuation_chars=64, seed=seed)]
+    return out
+
+
+def strategies_on_choices(bundle: Path, quick: bool, log=print) -> dict:
+    """Multiple choice on held-out text: each member alone, a calibrated cascade, and votes.
+
+    The cascade (q4_k_m first, then q8_0) is calibrated on validation-split items for 50% acceptance
+    at level 0 and measured on test-split items; every figure comes from the same run.
+    """
+    from edge_downscale.runtime import Ensemble, calibrate_cascade
+
+    n = 4 if quick else 12
+    calib, test = mc_items("validation", n), mc_items("test", n)
+    out: dict = {"n_test_items": len(test), "n_calibration_items": len(calib)}
+
+    def accuracy(ens) -> tuple[float, float, dict]:
+        t0 = time.perf_counter()
+        right = sum(ens.choose(c, o).choice == a for c, o, a in test)
+        return right / len(test), time.perf_counter() - t0, dict(ens.stats["levels"])
+
+    spec_path = bundle / "ensemble.json"
+    spec = json.loads(spec_path.read_text())
+    for m in spec["members"]:  # one request at a time here: let each member use every core
+        m["options"]["n_threads"] = os.cpu_count()
+    spec_path.write_text(json.dumps(spec))
+    for member in ("legal", "code"):  # q4_k_m, q8_0, each on its own
+        with Ensemble.load(bundle) as ens, ens.use(member) as b:
+            b.score("warm up")
+            t0 = time.perf_counter()
+            right = sum(int(np.argmax(b.option_logprobs(c, o))) == a for c, o, a in test)
+            out[f"alone_{QUANT_FOR[member]}"] = {"accuracy": right / len(test), "seconds": time.perf_counter() - t0}
+    for strategy, options in (("cascade", {"order": ["legal", "code"]}), ("vote", {"combine": "sum"})):
+        spec.update(strategy=strategy, strategy_options=options)
+        spec_path.write_text(json.dumps(spec))
+        with Ensemble.load(bundle) as ens:
+            if strategy == "cascade":
+                calibrate_cascade(ens, choices=[(c, o) for c, o, _ in calib], target_acceptance=0.5)
+            acc, secs, levels = accuracy(ens)
+            key = strategy if strategy == "cascade" else f"vote_{options['combine']}"
+            out[key] = {"accuracy": acc, "seconds": secs}
+            if strategy == "cascade":
+                out[key]["answered_by_level"] = {str(k): v for k, v in sorted(levels.items())}
+                out[key]["threshold"] = ens.strategy.options.thresholds["choose"][0]
+        log(f"{key}: {out[key]}")
+    return out
+
+
 def ensemble_section(results: dict, *, quick: bool = False, log=print) -> dict:
     """Adds ``results["ensemble"]``: route accuracy/latency, routing overhead, 8-thread concurrency."""
     import tempfile
@@ -151,8 +209,21 @@ def ensemble_section(results: dict, *, quick: bool = False, log=print) -> dict:
             section["overhead"] = routing_overhead(ens, prompts[:: max(len(prompts) // 3, 1)], 16, 1 if quick else 3)
             section["concurrency"] = concurrency(ens, prompts, 16 if quick else 32)
             section["stats"] = {k: v for k, v in ens.stats.items() if k != "levels"}
+        section["choices"] = strategies_on_choices(bundle, quick, log=log)
     results["ensemble"] = section
     return section
+
+
+def print_choices(ch: dict) -> None:
+    rows = [["strategy", "MC accuracy", "seconds", "answered by level 0 / 1"]]
+    for key in ("alone_q4_k_m", "alone_q8_0", "cascade", "vote_sum"):
+        r = ch[key]
+        levels = r.get("answered_by_level")
+        rows.append([key, f"{r['accuracy']:.3f}", f"{r['seconds']:.1f}",
+                     " / ".join(str(levels.get(k, 0)) for k in ("0", "1")) if levels else "-"])
+    print(f"\nmultiple choice on {ch['n_test_items']} held-out items (cascade calibrated on "
+          f"{ch['n_calibration_items']} validation items for 50% at level 0)")
+    print(markdown_table(rows))
 
 
 def print_section(section: dict) -> None:
@@ -183,6 +254,7 @@ def main() -> None:
     results: dict = {"cpu_count": os.cpu_count(), "quick": args.quick}
     section = ensemble_section(results, quick=args.quick)
     print_section(section)
+    print_choices(section["choices"])
     write_json_atomic(args.out, results)
     print(f"\nwrote {args.out}")
 
