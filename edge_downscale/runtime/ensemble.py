@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import threading
 import time
@@ -38,6 +37,7 @@ from ..artifacts import MANIFEST, verify_manifest
 from ..config import StageConfig, check
 from ..errors import BundleError, ConfigError, EdgeDownscaleError
 from .base import BACKENDS, Backend, backend_class
+from .energy import energy_fields
 from .generation import GenerationConfig, Usage
 
 ENSEMBLE_FILE = "ensemble.json"
@@ -362,23 +362,26 @@ class Ensemble:
         """Log-probability / bits-per-byte of ``text`` as the strategy sees it."""
         if not isinstance(text, str) or not text:
             raise ConfigError("score needs a non-empty text")
-        return self.record(self.strategy.score(text))
+        return self.record(self._metered(lambda: self.strategy.score(text)))
 
     def choose(self, context: str, options: Sequence[str]) -> Response:
         """Pick the most likely option after ``context`` (multiple choice / classification)."""
         options = list(options)
         if len(options) < 2 or not all(isinstance(o, str) and o for o in options):
             raise ConfigError("choose needs at least two non-empty options")
-        return self.record(self.strategy.choose(context, options))
+        return self.record(self._metered(lambda: self.strategy.choose(context, options)))
 
-
-def now() -> float:
-    return time.perf_counter()
+    def _metered(self, call: Callable[[], Response]) -> Response:
+        """Run a scoring request and fill its usage: latency and energy (labelled with its source)."""
+        t0 = time.perf_counter()
+        token = self.meter.start() if self.meter is not None else None
+        response = call()
+        measurement = self.meter.stop(token) if self.meter is not None else None
+        response.usage.latency_s = time.perf_counter() - t0
+        for key, value in energy_fields(measurement, self.grid_g_per_kwh).items():
+            setattr(response.usage, key, value)
+        return response
 
 
 def manifest_hash(member_dir: str | Path) -> str:
     return sha256_file(Path(member_dir) / MANIFEST)
-
-
-def spec_digest(spec: EnsembleSpec) -> str:
-    return hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True).encode()).hexdigest()
