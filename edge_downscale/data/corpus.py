@@ -28,7 +28,7 @@ import tempfile
 import time
 import unicodedata
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Sequence
+from typing import Any, ClassVar, Iterable, Iterator, Sequence
 
 from .._io import atomic_path, cache_dir
 from ..config import StageConfig, check
@@ -208,12 +208,18 @@ def _scan(sources: Sequence[Source], config: CorpusConfig, spill: Path, skipped:
     return scan
 
 
-def _group(scan: _Scan, config: CorpusConfig, progress: bool) -> list[str]:
-    """The group key of every kept document (union-find over verified LSH candidates)."""
+def near_duplicate_roots(minhashes: Sequence[Any], threshold: float, num_perm: int,
+                         progress: bool = False, desc: str = "near-duplicates") -> list[int]:
+    """Union-find over verified MinHash-LSH candidates: the root index of every document's group.
+
+    A root is the smallest index in its group (so "keep the root" keeps the first in order).
+    ``minhashes``: datasketch ``MinHash`` objects with ``num_perm`` permutations. Shared by
+    ``build_corpus`` (grouping for leak-free splits) and ``edge_downscale.data.prune`` (near-dedup).
+    """
     from datasketch import MinHashLSH
     from tqdm.auto import tqdm
 
-    parent = list(range(len(scan.hashes)))
+    parent = list(range(len(minhashes)))
 
     def find(i: int) -> int:
         while parent[i] != i:
@@ -223,19 +229,24 @@ def _group(scan: _Scan, config: CorpusConfig, progress: bool) -> list[str]:
 
     # Weight recall over precision: a missed pair could leak across splits, while a false
     # candidate only costs one Jaccard estimate below.
-    lsh = MinHashLSH(threshold=config.near_dup_threshold, num_perm=config.num_perm, weights=LSH_WEIGHTS)
-    for i, minhash in enumerate(tqdm(scan.minhashes, desc="near-duplicates", unit=" docs", disable=not progress)):
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=LSH_WEIGHTS)
+    for i, minhash in enumerate(tqdm(minhashes, desc=desc, unit=" docs", disable=not progress)):
         for j in lsh.query(minhash):
             ri, rj = find(i), find(j)
-            if ri != rj and minhash.jaccard(scan.minhashes[j]) >= config.near_dup_threshold:
+            if ri != rj and minhash.jaccard(minhashes[j]) >= threshold:
                 parent[max(ri, rj)] = min(ri, rj)
         lsh.insert(i, minhash)
+    return [find(i) for i in range(len(minhashes))]
+
+
+def _group(scan: _Scan, config: CorpusConfig, progress: bool) -> list[str]:
+    """The group key of every kept document (union-find over verified LSH candidates)."""
+    roots = near_duplicate_roots(scan.minhashes, config.near_dup_threshold, config.num_perm, progress)
     key_of_root: dict[int, str] = {}
-    for i, h in enumerate(scan.hashes):
-        r = find(i)
+    for h, r in zip(scan.hashes, roots):
         if r not in key_of_root or h < key_of_root[r]:
             key_of_root[r] = h
-    return [key_of_root[find(i)] for i in range(len(scan.hashes))]
+    return [key_of_root[r] for r in roots]
 
 
 def _split_rows(spill: str, index: str) -> Iterator[dict[str, Any]]:
@@ -368,18 +379,45 @@ def build_corpus(source: SourceSpec | Sequence[SourceSpec], out_dir: str | os.Pa
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "edge_downscale_version": __version__,
         }
-        with atomic_path(out) as target:
-            # An empty split needs an explicit shard, else it is saved without an arrow file and
-            # cannot be loaded back.
-            empty = {name: 1 for name in SPLITS if stats[name]["documents"] == 0}
-            datasets.DatasetDict(parts).save_to_disk(str(target), num_shards=empty)
-            manifest["build_seconds"] = round(time.perf_counter() - t0, 3)
-            (target / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        save_corpus(out, parts, manifest, t0=t0, seconds_key="build_seconds")
         return manifest
     finally:
         if bars_were_on:
             datasets.enable_progress_bars()
         shutil.rmtree(work, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- write
+
+
+def save_corpus(out: Path, parts: dict[str, Any], manifest: dict[str, Any], *, t0: float | None = None,
+                seconds_key: str = "build_seconds", extra_files: dict[str, bytes] | None = None) -> None:
+    """Write a corpus directory atomically: the splits (HF ``datasets``) plus ``corpus.json``.
+
+    ``parts``: one ``datasets.Dataset`` per name in SPLITS; ``manifest`` gets ``seconds_key`` (time
+    since ``t0``) just before it is written. ``extra_files``: more files (name -> bytes) to place in
+    the directory in the same atomic rename. Shared by ``build_corpus`` and the pruning stage.
+    """
+    datasets = require("datasets", "compress")
+    with atomic_path(out) as target:
+        # An empty split needs an explicit shard, else it is saved without an arrow file and
+        # cannot be loaded back.
+        empty = {name: 1 for name in SPLITS if len(parts[name]) == 0}
+        datasets.DatasetDict({name: parts[name] for name in SPLITS}).save_to_disk(str(target), num_shards=empty)
+        for name, data in (extra_files or {}).items():
+            (target / name).write_bytes(data)
+        if t0 is not None:
+            manifest[seconds_key] = round(time.perf_counter() - t0, 3)
+        (target / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+
+
+def split_digest(texts: Iterable[str]) -> str:
+    """The manifest's per-split sha256 (see HASH_SCHEME)."""
+    digest = hashlib.sha256()
+    for text in texts:
+        digest.update(text.encode("utf-8"))
+        digest.update(b"\x00")
+    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- read
