@@ -135,6 +135,60 @@ def data_info(corpus_dir):
     _echo_json(corpus_info(corpus_dir))
 
 
+@data.command("prune")
+@click.argument("in_dir")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output corpus directory.")
+@click.option("--keep", type=float, default=0.5, show_default=True, help="Fraction of train documents to keep, in (0, 1].")
+@click.option("--steps", default="dedup,near-dedup,quality,diversity", show_default=True,
+              help="Comma-separated, in order: dedup, near-dedup, quality, relevance, diversity, active.")
+@click.option("--reference", default=None, help="Reference (teacher) model for quality/diversity/active, e.g. smollm2-135m.")
+@click.option("--student", default=None, help="Student model for the active step.")
+@click.option("--band", type=click.Choice(["low", "middle", "high"]), default=None, help="Perplexity band kept (middle).")
+@click.option("--target", default=None, help="Relevance target: a corpus directory or demo domain.")
+@click.option("--target-split", type=click.Choice(["train", "validation", "test"]), default="train", show_default=True)
+@click.option("--near-threshold", type=float, default=None, help="Near-duplicate Jaccard threshold (0.8).")
+@click.option("--semantic-threshold", type=float, default=None, help="SemDeDup cosine threshold (0.95).")
+@click.option("--clusters", type=int, default=None, help="k-means clusters for diversity (0 = sqrt(N/2)).")
+@click.option("--max-tokens", type=int, default=None, help="Tokens scored per document by the models (512).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def data_prune(in_dir, out_dir, keep, steps, reference, student, band, target, target_split, near_threshold,
+               semantic_threshold, clusters, max_tokens, seed, overwrite, quiet):
+    """Prune the train split of corpus IN_DIR (or a demo domain) into a new corpus OUT.
+
+    Dedup steps drop what they drop; the score-based steps share the cut down to --keep. OUT also
+    gets prune_report.json, decisions.jsonl and PNG histograms; IN_DIR is never modified.
+    """
+    from .data.prune import PruneRecipe, parse_steps, prune_corpus
+
+    sub: dict = {"quality": {}, "diversity": {"seed": seed}, "near_dedup": {}, "active": {},
+                 "relevance": {"seed": seed}}
+    if band is not None:
+        sub["quality"]["band"] = band
+    if near_threshold is not None:
+        sub["near_dedup"]["threshold"] = near_threshold
+    if semantic_threshold is not None:
+        sub["diversity"]["threshold"] = semantic_threshold
+    if clusters is not None:
+        sub["diversity"]["clusters"] = clusters
+    if max_tokens is not None:
+        for k in ("quality", "diversity", "active"):
+            sub[k]["max_tokens"] = max_tokens
+    recipe = PruneRecipe.from_dict({"steps": list(parse_steps(steps)), "keep": keep, "seed": seed,
+                                    "reference": reference, "student": student, "target": target,
+                                    "target_split": target_split, **sub})
+    report = prune_corpus(in_dir, out_dir, recipe, progress=not quiet, overwrite=overwrite)
+    b, a = report["before"], report["after"]
+    for s in report["steps"]:
+        dropped = ", ".join(f"{k} {v}" for k, v in s["dropped"].items()) or "none"
+        click.echo(f"{s['step']:<10} in {s['documents_in']:>6}  kept {s['kept']:>6}  dropped: {dropped}  "
+                   f"({s['docs_per_second'] or 0:.1f} docs/s)")
+    unit = "tokens" if "tokens" in b else "bytes"
+    click.echo(f"documents {b['documents']} -> {a['documents']}, {unit} {b[unit]:,} -> {a[unit]:,}; "
+               f"wrote {out_dir} (prune_report.json, decisions.jsonl)")
+
+
 # ----------------------------------------------------------------------------- eval
 @cli.command("eval", short_help="Bits-per-byte and multiple choice per domain.")
 @click.argument("model")
