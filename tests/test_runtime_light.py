@@ -5,7 +5,7 @@ import sys
 def test_runtime_import_leaves_torch_and_transformers_unimported():
     code = (
         "import sys, edge_downscale.runtime, edge_downscale.runtime.llamacpp, edge_downscale.eval.bpb, "
-        "edge_downscale.eval.mc\n"
+        "edge_downscale.eval.mc, edge_downscale.runtime.router\n"
         "heavy = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
         "print(','.join(heavy))"
     )
