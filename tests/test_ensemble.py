@@ -281,3 +281,16 @@ def test_cli_bundle_build_run_and_chat(exports, tmp_path, monkeypatch):
     assert res.exit_code == 2 and res.stderr.startswith("error:") and "Traceback" not in res.stderr
     res = runner.invoke(cli, ["run", str(tmp_path), "x"])
     assert res.exit_code == 2 and "no ensemble.json" in res.stderr
+
+
+def test_serving_a_bundle_never_imports_torch(route_bundle):
+    """The embedded-app path end to end (load, verify, route, generate) in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    code = (f"import sys\nfrom edge_downscale.runtime import Ensemble\n"
+            f"with Ensemble.load({str(route_bundle)!r}) as ens:\n"
+            f"    r = ens.generate({CODE_PROMPT!r}, max_tokens=3)\n"
+            "print(r.members[0], [m for m in ('torch', 'transformers') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "coder []"
