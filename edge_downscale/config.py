@@ -61,6 +61,17 @@ class StageConfig:
         return cls.from_dict(data)
 
 
+def registrar(registry: dict[str, type], kind: str):
+    """A class decorator that adds a class to a plain ``{cls.name: cls}`` registry (names unique)."""
+    def register(cls: type) -> type:
+        if cls.name in registry:
+            raise ConfigError(f"{kind} {cls.name!r} registered twice")
+        registry[cls.name] = cls
+        return cls
+
+    return register
+
+
 def check(condition: bool, message: str) -> None:
     """Raise ConfigError(message) unless condition holds (validation helper)."""
     if not condition:

@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterator
 
+from ..config import registrar
 from ..errors import ConfigError, EnergyUnavailableError, MissingDependencyError, require
 
 JOULES_PER_KWH = 3.6e6
@@ -119,11 +120,7 @@ class EnergyMeter(abc.ABC):
 METERS: dict[str, type[EnergyMeter]] = {}
 
 
-def register_meter(cls: type[EnergyMeter]) -> type[EnergyMeter]:
-    if cls.name in METERS:
-        raise ConfigError(f"energy meter {cls.name!r} registered twice")
-    METERS[cls.name] = cls
-    return cls
+register_meter = registrar(METERS, "energy meter")
 
 
 # --------------------------------------------------------------------------- RAPL (sysfs powercap)

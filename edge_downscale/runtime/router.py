@@ -55,7 +55,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 import numpy as np
 
 from .._io import atomic_path, sha256_file
-from ..config import StageConfig, check
+from ..config import StageConfig, check, registrar
 from ..errors import ConfigError, ModelFormatError
 
 __all__ = [
@@ -244,11 +244,7 @@ class Router(abc.ABC):
 ROUTERS: dict[str, type[Router]] = {}
 
 
-def register_router(cls: type[Router]) -> type[Router]:
-    if cls.name in ROUTERS:
-        raise ConfigError(f"router type {cls.name!r} registered twice")
-    ROUTERS[cls.name] = cls
-    return cls
+register_router = registrar(ROUTERS, "router type")
 
 
 def load_router(directory: str | Path, spec: dict[str, Any]) -> Router:
