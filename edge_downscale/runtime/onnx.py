@@ -8,6 +8,7 @@ The export is optimum's ``text-generation-with-past`` graph: inputs ``input_ids`
 """
 from __future__ import annotations
 
+import ctypes
 import json
 from pathlib import Path
 from typing import Generator, Sequence
@@ -45,6 +46,77 @@ def _first_id(value) -> int | None:
     return value if isinstance(value, int) else None
 
 
+class _BoundDecoder:
+    """One generation's onnxruntime IOBinding state: the KV cache as OrtValues on the session's device.
+
+    Each :meth:`run` binds the new tokens, views of the attention-mask / position buffers (filled
+    once), the previous step's ``present.*`` OrtValues as ``past_key_values.*`` and fresh
+    ``present.*`` outputs that onnxruntime allocates on the device: the cache never passes through
+    numpy. A decode step's logits go to one preallocated (1, 1, V) output (on CPU a numpy buffer
+    written in place); of the prompt's (1, T, V) logits only the last row is read (in place on CPU).
+    """
+
+    def __init__(self, backend: "OnnxBackend"):
+        ort = require("onnxruntime", "export")
+        self._session = session = backend._session
+        self.limit = backend.context_length
+        self.vocab, self.logits_dtype = backend._logits_shape
+        cuda = session.get_providers()[0] == "CUDAExecutionProvider"
+        self.device = "cuda" if cuda else "cpu"
+        self.device_id = int(session.get_provider_options().get("CUDAExecutionProvider", {}).get("device_id", 0)) if cuda else 0
+        inputs = backend._inputs
+        self.mask = np.ones((1, self.limit), dtype=np.int64) if "attention_mask" in inputs else None
+        self.positions = np.arange(self.limit, dtype=np.int64)[None, :] if "position_ids" in inputs else None
+        self.past_names = list(backend._past)
+        self.present_names = [name.replace("past_key_values", "present", 1) for name in self.past_names]
+        outputs = {o.name for o in session.get_outputs()}
+        if not self.past_names or not outputs.issuperset(self.present_names):
+            raise ModelFormatError(f"{backend.model_path}: no KV cache (past_key_values.* -> present.*) to decode "
+                                   "with; export with the text-generation-with-past task (edge-downscale export onnx)")
+        self.binding = binding = session.io_binding()
+        for name, empty in backend._past.items():  # (1, kv_heads, 0, head_dim), copied to the device if need be
+            binding.bind_cpu_input(name, empty)
+        self._step_logits = np.empty((1, 1, self.vocab), dtype=self.logits_dtype)  # CPU: written in place
+        self._step_value = (ort.OrtValue.ortvalue_from_numpy(self._step_logits) if not cuda else
+                            ort.OrtValue.ortvalue_from_shape_and_type((1, 1, self.vocab), self.logits_dtype,
+                                                                      self.device, self.device_id))
+        self._itemsize = np.dtype(self.logits_dtype).itemsize
+        self._alive = None  # the input ids bound in the last run (onnxruntime reads numpy memory in place on CPU)
+        self.seen = 0
+
+    def run(self, ids: np.ndarray) -> np.ndarray:
+        """Run ``ids`` (1, n) int64 after the tokens seen so far; the last position's logits (V,) float32."""
+        n = ids.shape[1]
+        end = self.seen + n
+        if end > self.limit:
+            raise ContextOverflowError(f"decoding past the context length {self.limit}")
+        binding = self.binding
+        binding.bind_cpu_input("input_ids", ids)
+        if self.mask is not None:  # covers past + current tokens
+            binding.bind_cpu_input("attention_mask", self.mask[:, :end])
+        if self.positions is not None:
+            binding.bind_cpu_input("position_ids", self.positions[:, self.seen:end])
+        if n == 1:  # a decode step: into the preallocated (1, 1, V) output
+            binding.bind_ortvalue_output("logits", self._step_value)
+        else:  # the prompt (1, n, V): onnxruntime allocates it (from its arena, memory already mapped)
+            binding.bind_output("logits", self.device, self.device_id)
+        for name in self.present_names:  # a fresh output each step: the previous one is now an input
+            binding.bind_output(name, self.device, self.device_id)
+        self._alive = ids
+        self._session.run_with_iobinding(binding)
+        outputs = binding.get_outputs()  # in binding order: logits, present.*
+        for name, present in zip(self.past_names, outputs[1:]):
+            binding.bind_ortvalue_input(name, present)
+        self.seen = end
+        if n == 1 and self.device == "cpu":
+            return self._step_logits[0, 0].astype(np.float32)  # (V,), a copy
+        if self.device == "cpu":  # read the last row in place: the prompt's logits are n x V floats
+            row_bytes = self.vocab * self._itemsize
+            row = (ctypes.c_char * row_bytes).from_address(outputs[0].data_ptr() + (n - 1) * row_bytes)
+            return np.frombuffer(row, dtype=self.logits_dtype).astype(np.float32)
+        return np.asarray(outputs[0].numpy()[0, -1], dtype=np.float32)  # copies the device logits to the host
+
+
 class OnnxBackend(Backend):
     """An ONNX causal LM with a KV-cache signature, run by onnxruntime on CPU or CUDA."""
 
@@ -64,10 +136,8 @@ class OnnxBackend(Backend):
             raise ModelFormatError(f"{tok_file} not found: the ONNX backend needs the tokenizer saved next to the model")
 
         self.providers = self._providers(ort, device)
-        opts = ort.SessionOptions()
-        if n_threads:
-            opts.intra_op_num_threads = n_threads
-        self._session = ort.InferenceSession(str(self.model_path), sess_options=opts, providers=self.providers)
+        self._session = ort.InferenceSession(str(self.model_path), sess_options=self._session_options(ort, n_threads),
+                                             providers=self.providers)
         self._tok = tokenizers.Tokenizer.from_file(str(tok_file))
 
         config = _read_json(self.model_dir / "config.json")
@@ -80,6 +150,16 @@ class OnnxBackend(Backend):
             raise ModelFormatError(f"{self.model_path}: not a causal-LM export (needs input_ids -> logits)")
         self._past = {name: self._empty_past(inp, config) for name, inp in self._inputs.items()
                       if name.startswith("past_key_values.")}
+        self._logits_shape = self._logits_info(config)
+
+    @staticmethod
+    def _session_options(ort, n_threads: int | None):
+        """Full graph optimisation; intra-op threads: ``n_threads``, else onnxruntime's default (physical cores)."""
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if n_threads:
+            opts.intra_op_num_threads = n_threads
+        return opts
 
     @staticmethod
     def _find_model(path: Path) -> Path:
@@ -110,6 +190,15 @@ class OnnxBackend(Backend):
             tid = self._tok.token_to_id(text) if text else None
             out.append(tid if tid is not None else _first_id(config.get(f"{key}_token_id")))
         return out[0], out[1]
+
+    def _logits_info(self, config: dict) -> tuple[int, type]:
+        """(vocabulary size, numpy dtype) of the ``logits`` output: the graph's shape, else config.json."""
+        out = next(o for o in self._session.get_outputs() if o.name == "logits")
+        vocab = out.shape[-1] if out.shape and isinstance(out.shape[-1], int) else config.get("vocab_size")
+        dtype = _NP_DTYPES.get(out.type)
+        if not isinstance(vocab, int) or dtype is None:
+            raise ModelFormatError(f"{self.model_path}: cannot tell the logits' vocabulary size or type ({out.type}, {out.shape})")
+        return vocab, dtype
 
     @staticmethod
     def _empty_past(inp, config: dict) -> np.ndarray:
@@ -180,25 +269,17 @@ class OnnxBackend(Backend):
         return np.asarray(logits[0], dtype=np.float32)
 
     def _decode(self, prompt_ids: list[int]) -> Generator[np.ndarray, int, None]:
-        """KV-cache decoding: the prompt in one pass, then one token a step, feeding ``present.*`` back as past."""
-        names = [o.name for o in self._session.get_outputs()]
-        past = dict(self._past)  # past_key_values.{i}.key/value, starting empty: (1, kv_heads, 0, head_dim)
-        step = np.asarray(prompt_ids, dtype=np.int64)[None, :]  # (1, T) the prompt, then (1, 1)
-        seen = 0
+        """KV-cache decoding with IOBinding: the prompt in one pass, then one token a step.
+
+        ``present.*`` outputs stay OrtValues on the session's device and are bound back as
+        ``past_key_values.*`` (no numpy round trip of the growing cache); ``attention_mask`` and
+        ``position_ids`` are views of buffers filled once; a step's logits (1, 1, V) land in a bound,
+        preallocated buffer. Only the last position's logits are read (V floats a step).
+        """
+        steps = _BoundDecoder(self)
+        token = yield steps.run(np.asarray(prompt_ids, dtype=np.int64)[None, :])  # (1, T) the prompt
         while True:
-            n = step.shape[1]
-            if seen + n > self.context_length:
-                raise ContextOverflowError(f"decoding past the context length {self.context_length}")
-            feed = {"input_ids": step, **past}
-            if "attention_mask" in self._inputs:
-                feed["attention_mask"] = np.ones((1, seen + n), dtype=np.int64)
-            if "position_ids" in self._inputs:
-                feed["position_ids"] = np.arange(seen, seen + n, dtype=np.int64)[None, :]
-            out = dict(zip(names, self._session.run(names, feed)))
-            seen += n
-            past = {k: out[k.replace("past_key_values", "present")] for k in past}
-            token = yield np.asarray(out["logits"][0, -1], dtype=np.float32)  # (V,)
-            step = np.array([[token]], dtype=np.int64)
+            token = yield steps.run(np.array([[token]], dtype=np.int64))  # (1, 1)
 
     def greedy(self, ids: Sequence[int], max_new_tokens: int, *, stop_at_eos: bool = True) -> list[int]:
         """Greedy token ids after ``ids`` (no detokenization, no metering): parity checks use it."""

@@ -1,0 +1,69 @@
+"""Cached exports for benchmarks that time artifacts (shared by the benchmark scripts).
+
+Exporting SmolLM2-135M to ONNX and quantising it takes minutes on 2 cores; benchmarks that only
+*time* the artifacts reuse one export per (source, format, quantisation), kept in the user cache
+(``~/.cache/edge-downscale/benchmark-exports/<source>/<format>-<quant>/``, a standard
+``export_model`` artifact with its ``model.json`` manifest). A cached artifact is reused only if
+its manifest's source hash matches the source directory, so a changed source re-exports.
+
+Not for parity numbers: scripts that report bits-per-byte export afresh (``export_matrix.py``).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+
+def cached_exports(model: str, fmt: str, quants: Sequence[str] | str, *, verify: bool = False,
+                   log=print) -> dict[str, Path]:
+    """{quant: artifact dir} for ``model`` exported to ``fmt``; only missing quantisations are exported.
+
+    ``verify=False`` skips the parity gate (the artifacts are for timing); the manifest then has
+    ``parity: null``.
+    """
+    from edge_downscale._io import cache_dir
+    from edge_downscale.export import export_model, source_directory
+    from edge_downscale.export.api import parse_quants
+    from edge_downscale.export.manifest import source_hash
+
+    names = parse_quants(fmt, quants)
+    src = source_directory(model)
+    src_hash = source_hash(src)
+    root = cache_dir("benchmark-exports", src.name)
+    out, missing = {}, []
+    for q in names:
+        art = root / f"{fmt}-{q}"
+        manifest = art / "model.json"
+        if manifest.is_file() and json.loads(manifest.read_text())["source"]["sha256"] == src_hash:
+            out[q] = art
+        else:
+            missing.append(q)
+    if missing:
+        log(f"exporting {model} to {fmt} {','.join(missing)} into {root} (cached for later runs)")
+        work = Path(tempfile.mkdtemp(prefix=".export-", dir=root))
+        try:
+            export_model(str(src), work / "out", format=fmt, quants=missing, verify=verify, allow_degraded=True,
+                         log=log)
+            for q in missing:
+                art = root / f"{fmt}-{q}"
+                if art.exists():
+                    shutil.rmtree(art)
+                (work / "out" / f"{fmt}-{q}").rename(art)
+                out[q] = art
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return {q: out[q] for q in names}
+
+
+def artifact_file(art: Path) -> Path:
+    """The model file of an export artifact: model.gguf or model.onnx."""
+    return art / "model.gguf" if (art / "model.gguf").is_file() else art / "model.onnx"
+
+
+def artifact_bytes(art: Path) -> int:
+    """Bytes of the model's weights file(s), without tokenizer and configs."""
+    return sum(p.stat().st_size for p in art.iterdir() if p.suffix in (".gguf", ".onnx", ".onnx_data")
+               or p.name.endswith(".onnx_data"))
