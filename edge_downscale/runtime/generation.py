@@ -240,6 +240,29 @@ def token_logprob(logits: np.ndarray, token: int) -> float:
     return float(x[token]) - m - math.log(float(np.exp(x - m).sum(dtype=np.float64)))
 
 
+class IncrementalText:
+    """Detokenizes a growing token list with a short window instead of the whole list every step.
+
+    Text is decoded from a few tokens back (``prefix``) so that tokenizers whose pieces depend on
+    their left neighbour (leading spaces, multi-byte characters split across tokens) come out as
+    in a full decode; nothing is released while the tail is an incomplete character (U+FFFD).
+    """
+
+    def __init__(self, backend):
+        self.detokenize = backend.detokenize
+        self.prefix = 0  # tokens[prefix:read] decode to text already released
+        self.read = 0
+
+    def add(self, tokens: list[int]) -> str:
+        """New text after ``tokens[-1]`` was appended ("" while a character is incomplete)."""
+        before = self.detokenize(tokens[self.prefix:self.read]) if self.read > self.prefix else ""
+        after = self.detokenize(tokens[self.prefix:])
+        if len(after) <= len(before) or after.endswith("\ufffd"):
+            return ""
+        self.prefix, self.read = self.read, len(tokens)
+        return after[len(before):]
+
+
 class StopMatcher:
     """Releases streamed text that cannot be the start of a stop string; finds stop strings."""
 
@@ -286,7 +309,8 @@ def stream_tokens(backend, prompt_ids: list[int], cfg: GenerationConfig, *, mete
     token_ = meter.start() if meter is not None else None
     tokens: list[int] = []
     logprobs: list[float] = []
-    emitted, finish, ttft = "", "length", None
+    text = IncrementalText(backend)
+    pending, emitted, finish, ttft = "", "", "length", None  # pending: decoded, held back by the stop matcher
     steps = backend._decode(prompt_ids)
     try:
         logits = next(steps)  # (V,) after the prompt
@@ -299,24 +323,22 @@ def stream_tokens(backend, prompt_ids: list[int], cfg: GenerationConfig, *, mete
                 break
             tokens.append(tok)
             logprobs.append(token_logprob(logits, tok))
-            text = backend.detokenize(tokens)
-            if not text.endswith("\ufffd"):  # a multi-byte character may still be incomplete
-                safe, stopped = stopper.split(text[len(emitted):])
-                if safe:
-                    emitted += safe
-                    yield Chunk(safe)
-                if stopped:
-                    finish = "stop"
-                    break
+            pending += text.add(tokens)
+            safe, stopped = stopper.split(pending)
+            if safe:
+                emitted += safe
+                pending = pending[len(safe):]
+                yield Chunk(safe)
+            if stopped:
+                finish = "stop"
+                break
             if len(tokens) < max_new:
                 logits = steps.send(tok)
     finally:
         steps.close()
-    if finish == "length":  # flush what the stop matcher held back
-        rest, _ = stopper.split(backend.detokenize(tokens)[len(emitted):])
-        if rest:
-            emitted += rest
-            yield Chunk(rest)
+    if finish == "length" and pending:  # flush what the stop matcher held back
+        emitted += pending
+        yield Chunk(pending)
     latency = time.perf_counter() - t0
     measurement = meter.stop(token_) if meter is not None else None
     usage = Usage(prompt_tokens=len(prompt_ids), completion_tokens=len(tokens), truncated_tokens=truncated,
