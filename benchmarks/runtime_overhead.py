@@ -349,17 +349,20 @@ def compare_formats(onnx_arts: dict[str, Path], gguf_arts: dict[str, Path], prom
     return rows
 
 
-# ------------------------------------------------------------------------ the other engineer's part
+# ------------------------------------------------------------------------ router and ensemble
 
 
 def router_and_ensemble(results: dict, args: argparse.Namespace) -> None:
-    """PLACEHOLDER, to be filled in by the router/ensemble work (not implemented here).
+    """Route accuracy/latency, routing overhead, 8-thread concurrency, cascade and vote on choices.
 
-    Add router latency/accuracy (``results["router"]``) and the 8-thread ensemble concurrency
-    test (``results["ensemble_concurrency"]``) here; append printable rows to
-    ``results["extra_tables"]`` as lists of rows (first row = header) to have them printed.
-    Everything put in ``results`` is written to the JSON file with the rest.
+    The measurements live in ``benchmarks/runtime_ensemble.py`` (also runnable on its own); here
+    they run in the same process, after the decode comparisons, and print with the rest.
     """
+    from runtime_ensemble import ensemble_section, print_choices, print_section
+
+    section = ensemble_section(results, quick=args.quick)
+    print_section(section)
+    print_choices(section["choices"])
 
 
 # -------------------------------------------------------------------------------------- main
