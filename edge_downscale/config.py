@@ -61,6 +61,16 @@ class StageConfig:
         return cls.from_dict(data)
 
 
+def is_int(value: Any) -> bool:
+    """An int that is not a bool (JSON true/false must not pass as 1/0)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    """An int or float that is not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def registrar(registry: dict[str, type], kind: str):
     """A class decorator that adds a class to a plain ``{cls.name: cls}`` registry (names unique)."""
     def register(cls: type) -> type:

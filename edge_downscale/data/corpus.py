@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Iterable, Iterator, Sequence
 
 from .._io import atomic_path, cache_dir
-from ..config import StageConfig, check
+from ..config import StageConfig, check, is_int, is_number
 from ..errors import ConfigError, CorpusError, require
 from .sources import DEMO_DOMAINS, SkipCounts, Source, open_source
 
@@ -41,14 +41,6 @@ SPLITS: tuple[str, str, str] = ("train", "validation", "test")
 LSH_WEIGHTS = (0.1, 0.9)  # (false positive, false negative) weights for MinHashLSH's band choice
 HASH_SCHEME = "sha256 over the split's documents in order: UTF-8 text + one NUL byte each"
 SourceSpec = str | os.PathLike
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclasses.dataclass
@@ -76,23 +68,23 @@ class CorpusConfig(StageConfig):
 
     def validate(self) -> None:
         fr = self.split_fractions
-        check(isinstance(fr, tuple) and len(fr) == 3 and all(_is_number(x) for x in fr),
+        check(isinstance(fr, tuple) and len(fr) == 3 and all(is_number(x) for x in fr),
               f"split_fractions must be three numbers (train, validation, test), got {fr!r}")
         self.split_fractions = tuple(float(x) for x in fr)  # type: ignore[assignment]
         check(all(x >= 0 for x in self.split_fractions) and abs(sum(self.split_fractions) - 1) < 1e-6,
               f"split_fractions must be >= 0 and sum to 1, got {fr!r}")
         check(self.split_fractions[0] > 0, "split_fractions: the train fraction must be > 0")
-        check(_is_number(self.near_dup_threshold) and 0 < self.near_dup_threshold <= 1,
+        check(is_number(self.near_dup_threshold) and 0 < self.near_dup_threshold <= 1,
               f"near_dup_threshold must be in (0, 1], got {self.near_dup_threshold!r}")
-        check(_is_int(self.num_perm) and 16 <= self.num_perm <= 1024,
+        check(is_int(self.num_perm) and 16 <= self.num_perm <= 1024,
               f"num_perm must be an integer in [16, 1024], got {self.num_perm!r}")
-        check(_is_int(self.shingle_size) and self.shingle_size >= 1,
+        check(is_int(self.shingle_size) and self.shingle_size >= 1,
               f"shingle_size must be an integer >= 1, got {self.shingle_size!r}")
-        check(_is_int(self.min_doc_bytes) and self.min_doc_bytes >= 0,
+        check(is_int(self.min_doc_bytes) and self.min_doc_bytes >= 0,
               f"min_doc_bytes must be an integer >= 0, got {self.min_doc_bytes!r}")
-        check(_is_int(self.max_doc_bytes) and self.max_doc_bytes > max(self.min_doc_bytes, 0),
+        check(is_int(self.max_doc_bytes) and self.max_doc_bytes > max(self.min_doc_bytes, 0),
               f"max_doc_bytes must be an integer > min_doc_bytes, got {self.max_doc_bytes!r}")
-        check(self.max_docs is None or (_is_int(self.max_docs) and self.max_docs >= 1),
+        check(self.max_docs is None or (is_int(self.max_docs) and self.max_docs >= 1),
               f"max_docs must be None or an integer >= 1, got {self.max_docs!r}")
         check(isinstance(self.salt, str) and self.salt != "", "salt must be a non-empty string")
         ext = self.extensions
@@ -464,7 +456,7 @@ def iter_texts(path: str | os.PathLike, split: str, max_bytes: int | None = None
     """Texts of one split in order; with ``max_bytes`` the total is capped (the last text is cut)."""
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-    if max_bytes is not None and (not _is_int(max_bytes) or max_bytes <= 0):
+    if max_bytes is not None and (not is_int(max_bytes) or max_bytes <= 0):
         raise ConfigError(f"max_bytes must be a positive integer or None, got {max_bytes!r}")
     dataset = load_corpus(path)[split].select_columns(["text"])
     budget = max_bytes

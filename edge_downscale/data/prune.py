@@ -61,9 +61,9 @@ from typing import Any, Callable, ClassVar, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..config import StageConfig, check
+from ..config import StageConfig, check, is_int, is_number
 from ..errors import ConfigError, CorpusError, require
-from .corpus import (MANIFEST, SPLITS, _check_out_dir, corpus_info, exact_hash, load_corpus, near_duplicate_roots,
+from .corpus import (SPLITS, _check_out_dir, corpus_info, exact_hash, load_corpus, near_duplicate_roots,
                      normalised_words, save_corpus, shingles, split_digest)
 
 STEPS: tuple[str, ...] = ("dedup", "near-dedup", "quality", "relevance", "diversity", "active")
@@ -73,14 +73,6 @@ MODEL_STEPS = frozenset({"quality", "diversity", "active"})
 REPORT = "prune_report.json"
 DECISIONS = "decisions.jsonl"
 KEPT = "kept"
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 # --------------------------------------------------------------------------- results
@@ -174,11 +166,11 @@ class NearDedupConfig(StageConfig):
     shingle_size: int = 5
 
     def validate(self) -> None:
-        check(_is_number(self.threshold) and 0 < self.threshold <= 1,
+        check(is_number(self.threshold) and 0 < self.threshold <= 1,
               f"near-dedup threshold must be in (0, 1], got {self.threshold!r}")
-        check(_is_int(self.num_perm) and 16 <= self.num_perm <= 1024,
+        check(is_int(self.num_perm) and 16 <= self.num_perm <= 1024,
               f"num_perm must be an integer in [16, 1024], got {self.num_perm!r}")
-        check(_is_int(self.shingle_size) and self.shingle_size >= 1,
+        check(is_int(self.shingle_size) and self.shingle_size >= 1,
               f"shingle_size must be an integer >= 1, got {self.shingle_size!r}")
 
 
@@ -347,8 +339,8 @@ class QualityConfig(StageConfig):
 
     def validate(self) -> None:
         check(self.band in BANDS, f"band must be one of {', '.join(BANDS)}, got {self.band!r}")
-        check(_is_int(self.max_tokens) and self.max_tokens >= 8, f"max_tokens must be an integer >= 8, got {self.max_tokens!r}")
-        check(_is_int(self.batch_size) and self.batch_size >= 1, f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        check(is_int(self.max_tokens) and self.max_tokens >= 8, f"max_tokens must be an integer >= 8, got {self.max_tokens!r}")
+        check(is_int(self.batch_size) and self.batch_size >= 1, f"batch_size must be an integer >= 1, got {self.batch_size!r}")
 
 
 def band_indices(scores: np.ndarray, n_keep: int, band: str) -> np.ndarray:
@@ -419,14 +411,14 @@ class DiversityConfig(StageConfig):
     seed: int = 0
 
     def validate(self) -> None:
-        check(_is_int(self.clusters) and self.clusters >= 0, f"clusters must be an integer >= 0 (0 = auto), got {self.clusters!r}")
-        check(_is_number(self.threshold) and -1 < self.threshold <= 1,
+        check(is_int(self.clusters) and self.clusters >= 0, f"clusters must be an integer >= 0 (0 = auto), got {self.clusters!r}")
+        check(is_number(self.threshold) and -1 < self.threshold <= 1,
               f"diversity threshold (cosine) must be in (-1, 1], got {self.threshold!r}")
         check(isinstance(self.center, bool), "center must be true or false")
         check(self.embedder in ("reference", "minilm"), f"embedder must be reference or minilm, got {self.embedder!r}")
-        check(_is_int(self.max_tokens) and self.max_tokens >= 8, f"max_tokens must be an integer >= 8, got {self.max_tokens!r}")
-        check(_is_int(self.batch_size) and self.batch_size >= 1, f"batch_size must be an integer >= 1, got {self.batch_size!r}")
-        check(_is_int(self.seed), f"seed must be an integer, got {self.seed!r}")
+        check(is_int(self.max_tokens) and self.max_tokens >= 8, f"max_tokens must be an integer >= 8, got {self.max_tokens!r}")
+        check(is_int(self.batch_size) and self.batch_size >= 1, f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        check(is_int(self.seed), f"seed must be an integer, got {self.seed!r}")
 
 
 def minilm_embeddings(texts: Iterable[str]) -> np.ndarray:  # pragma: no cover - optional, not installed here
@@ -531,12 +523,12 @@ class RelevanceConfig(StageConfig):
     seed: int = 0
 
     def validate(self) -> None:
-        check(_is_int(self.buckets) and 16 <= self.buckets <= 1 << 24, f"buckets must be an integer in [16, 2^24], got {self.buckets!r}")
+        check(is_int(self.buckets) and 16 <= self.buckets <= 1 << 24, f"buckets must be an integer in [16, 2^24], got {self.buckets!r}")
         check(isinstance(self.bigrams, bool), "bigrams must be true or false")
-        check(_is_number(self.smoothing) and self.smoothing > 0, f"smoothing must be > 0, got {self.smoothing!r}")
+        check(is_number(self.smoothing) and self.smoothing > 0, f"smoothing must be > 0, got {self.smoothing!r}")
         check(isinstance(self.length_normalise, bool), "length_normalise must be true or false")
         check(self.mode in ("topk", "resample"), f"mode must be topk or resample, got {self.mode!r}")
-        check(_is_int(self.seed), f"seed must be an integer, got {self.seed!r}")
+        check(is_int(self.seed), f"seed must be an integer, got {self.seed!r}")
 
 
 def hashed_ngrams(texts: Iterable[str], config: RelevanceConfig):
@@ -598,9 +590,9 @@ class ActiveConfig(StageConfig):
     batch_size: int = 4
 
     def validate(self) -> None:
-        check(_is_int(self.rounds) and self.rounds >= 1, f"rounds must be an integer >= 1, got {self.rounds!r}")
-        check(_is_int(self.max_tokens) and self.max_tokens >= 8, f"max_tokens must be an integer >= 8, got {self.max_tokens!r}")
-        check(_is_int(self.batch_size) and self.batch_size >= 1, f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        check(is_int(self.rounds) and self.rounds >= 1, f"rounds must be an integer >= 1, got {self.rounds!r}")
+        check(is_int(self.max_tokens) and self.max_tokens >= 8, f"max_tokens must be an integer >= 8, got {self.max_tokens!r}")
+        check(is_int(self.batch_size) and self.batch_size >= 1, f"batch_size must be an integer >= 1, got {self.batch_size!r}")
 
 
 TrainCallback = Callable[[list[str]], None]
@@ -705,9 +697,9 @@ class PruneRecipe(StageConfig):
         check(not unknown, f"unknown pruning step(s) {', '.join(map(repr, unknown))}; available: {', '.join(STEPS)}")
         check(len(set(steps)) == len(steps), f"each step may appear once, got {', '.join(steps)}")
         self.steps = steps
-        check(_is_number(self.keep) and 0 < self.keep <= 1, f"keep must be a fraction in (0, 1], got {self.keep!r}")
+        check(is_number(self.keep) and 0 < self.keep <= 1, f"keep must be a fraction in (0, 1], got {self.keep!r}")
         self.keep = float(self.keep)
-        check(_is_int(self.seed), f"seed must be an integer, got {self.seed!r}")
+        check(is_int(self.seed), f"seed must be an integer, got {self.seed!r}")
         for name in ("reference", "student", "target"):
             v = getattr(self, name)
             check(v is None or (isinstance(v, str) and v != ""), f"{name} must be a non-empty string or None")
