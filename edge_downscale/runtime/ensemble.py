@@ -141,7 +141,8 @@ class Member:
         self.memory_mb = spec.memory_mb or manifest.get("total_bytes", 0) / 2**20 or 1.0
         self.cost = spec.cost or self.memory_mb
         self.backend: Backend | None = None
-        self.in_use = 0
+        self.in_use = 0  # requests holding it (never evicted while > 0)
+        self._loading = False  # a thread is opening it (others wait on the pool condition)
         self.verified = False
 
     def open(self) -> Backend:
@@ -244,7 +245,7 @@ class Ensemble:
 
     def _ensure_loaded(self, member: Member) -> Backend:
         with self._pool_lock:
-            while member.backend is None and getattr(member, "_loading", False):
+            while member.backend is None and member._loading:
                 self._pool_lock.wait()
             if member.backend is not None:
                 self._lru.move_to_end(member.name)
