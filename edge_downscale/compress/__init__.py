@@ -1,4 +1,5 @@
-"""Compression stage: structured pruning (prune/: PruneNet and baselines) and compression laws (laws.py).
+"""Compression stage: structured pruning (prune/: PruneNet and baselines), compression laws (laws.py)
+and distillation losses (distill.py). Data pruning lives in ``edge_downscale.data.prune``.
 
-Data pruning, distillation and domain-continual pretraining are still to come (issues 4 and 7).
+The training engine for distillation and domain-continual pretraining is still to come (issue 7).
 """
