@@ -294,3 +294,15 @@ def test_serving_a_bundle_never_imports_torch(route_bundle):
             "print(r.members[0], [m for m in ('torch', 'transformers') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "coder []"
+
+
+def test_long_chat_drops_oldest_messages_first(exports):
+    with LlamaCppBackend(exports["f32"] / "model.gguf", n_ctx=256, n_threads=1) as b:
+        old = [{"role": "user", "content": LEGAL_PROMPT * 3}, {"role": "assistant", "content": LEGAL_PROMPT * 3}]
+        messages = [{"role": "system", "content": "Be brief."}] + old * 2 + [{"role": "user", "content": "last question"}]
+        ids, dropped, template = b.prompt_ids(messages, max_tokens=16)
+        text = b.detokenize(ids)
+        assert template == "model" and len(ids) <= 256 - 16 and dropped > 0
+        assert "Be brief." in text and "last question" in text  # system and newest kept, oldest gone
+        with pytest.raises(ContextOverflowError):
+            b.prompt_ids(messages, max_tokens=16, overflow="error")

@@ -105,16 +105,17 @@ class Backend(abc.ABC):
             return fitted, dropped, None
         messages = check_messages(prompt)
         specials = self.special_tokens
+        full = None  # token count of the whole conversation
         while True:
             text, template = render_chat(self.chat_template, messages, **specials)
             ids = self.tokenize(text, special=True)
+            full = len(ids) if full is None else full
             droppable = [i for i, m in enumerate(messages[:-1]) if m["role"] != "system"]
             if len(ids) <= room or not droppable or overflow == "error":
                 break
             messages = messages[: droppable[0]] + messages[droppable[0] + 1:]
-        original = len(self.tokenize(render_chat(self.chat_template, check_messages(prompt), **specials)[0], special=True))
-        fitted, dropped = fit_context(ids, 0, room, overflow)
-        return fitted, original - len(fitted) if original > len(fitted) else dropped, template
+        fitted, _ = fit_context(ids, 0, room, overflow)
+        return fitted, full - len(fitted), template
 
     def generate(self, prompt: str | Sequence[dict[str, str]], *, max_tokens: int = 128, temperature: float = 0.0,
                  top_k: int = 0, top_p: float = 1.0, stop: Sequence[str] = (), seed: int | None = None,
