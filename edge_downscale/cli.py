@@ -335,6 +335,41 @@ def laws_fit(results, method, target, plot_out, holdout, tokens_unit, no_dense, 
         click.echo(f"wrote {json_out}", err=True)
 
 
+@laws.command("dcpt", short_help="Fit the D-CPT mixture law and propose a domain share.")
+@click.argument("sources", nargs=-1, required=True, type=click.Path())
+@click.option("--budget", type=float, default=None, metavar="TOKENS",
+              help="Training tokens D to propose the share for (default: the largest D measured).")
+@click.option("--max-general-increase", type=float, default=0.05, show_default=True,
+              help="Tolerated relative rise of the predicted general loss over its best share "
+                   "(0.05 = 5%; used when general losses exist).")
+@click.option("--plot", "plot_out", type=click.Path(dir_okay=False), default=None, help="Write a PNG of the fits.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the fits as JSON.")
+def laws_dcpt(sources, budget, max_general_increase, plot_out, json_out):
+    """Fit the D-CPT law to continual-pretraining runs and propose the domain share r for a budget.
+
+    The D-CPT law (Que et al. 2024) predicts the domain validation loss after D training tokens of a
+    mixture with domain share r (the rest general replay text): L(D, r) = E + B r^eta / D^beta +
+    C / (r + eps)^gamma, with eps fixed at 0.01. The share term falls as r grows, the budget term falls
+    with D, so the best r depends on the budget. The same form, with the general share 1 - r in place
+    of r, is fitted to the general (replay) loss when it is measured; the proposal then keeps the
+    predicted general loss within --max-general-increase of its best value at that budget.
+
+    SOURCES are points files ({"points": [{"tokens": D, "share": r, "loss": L, "general_loss": G}, ...]})
+    or training-run directories (run.json with "domain_share", train_log.jsonl with eval lines).
+    """
+    from ._io import write_json_atomic
+    from .compress.dcpt import analyse_dcpt, format_dcpt, load_dcpt_points, plot_dcpt
+
+    report = analyse_dcpt(load_dcpt_points(sources), budget, max_general_increase)
+    click.echo(format_dcpt(report))
+    if plot_out:
+        plot_dcpt(report.points, report.domain, plot_out, general_fit=report.general)
+        click.echo(f"wrote {plot_out}", err=True)
+    if json_out:
+        write_json_atomic(json_out, report.to_dict())
+        click.echo(f"wrote {json_out}", err=True)
+
+
 # ----------------------------------------------------------------------------- runtime
 def _key_values(values, what: str, sep: str = "=") -> dict[str, str]:
     out = {}
