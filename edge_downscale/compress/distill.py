@@ -1,4 +1,4 @@
-"""Knowledge-distillation losses and the teacher/student vocabulary check (groundwork for issue 7).
+"""Knowledge distillation: losses, the vocabulary check, the KD objective, a top-k teacher cache, a curriculum.
 
 ``kd_loss`` mixes the hard-label cross-entropy with a divergence between the temperature-softened
 teacher and student distributions (Hinton et al. 2015):
@@ -18,10 +18,18 @@ label is ``ignore_index`` (padding) count in neither term.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+import math
+import time
 from typing import Any
 
-from ..config import check
+import numpy as np
+
+from ..config import StageConfig, check, is_int
 from ..errors import ConfigError, require
+from .train import Engine, Objective, TrainConfig, blocks_digest, load_splits, weights_fingerprint
 
 DIVERGENCES = ("forward", "reverse", "jsd")
 
@@ -72,3 +80,274 @@ def check_same_vocabulary(teacher_tokenizer: Any, student_tokenizer: Any) -> Non
         f"teacher and student vocabularies differ ({len(t_vocab)} vs {len(s_vocab)} tokens; {only_t} only in the "
         f"teacher, {only_s} only in the student, {moved} with other ids): logit distillation needs the same "
         "tokenizer; distil from a teacher of the same family (e.g. the model the student was pruned from)")
+
+
+def kd_loss_topk(student_logits, topk_values, topk_index, labels, *, alpha: float = 0.5, tau: float = 2.0,
+                 ignore_index: int = -100):
+    """:func:`kd_loss` (forward KL) against a cached top-k teacher: (B, T, V) student, (B, T, k) teacher.
+
+    The teacher distribution is renormalised over its k most likely tokens (the tail is dropped); the
+    student keeps its full softmax. With k = V this equals ``kd_loss(..., divergence="forward")``.
+    """
+    torch = require("torch", "compress")
+    F = torch.nn.functional
+    vocab = student_logits.shape[-1]
+    k = topk_values.shape[-1]
+    s = student_logits.reshape(-1, vocab).float()  # (N, V)
+    y = labels.reshape(-1)  # (N,)
+    mask = y != ignore_index
+    n = mask.sum().clamp(min=1)
+    ce = F.cross_entropy(s, y, ignore_index=ignore_index, reduction="sum") / n
+    log_ps = F.log_softmax(s / tau, dim=-1).gather(-1, topk_index.reshape(-1, k).long())  # (N, k)
+    log_pt = F.log_softmax(topk_values.reshape(-1, k).float() / tau, dim=-1)  # (N, k)
+    per_pos = (log_pt.exp() * (log_pt - log_ps)).sum(-1)  # (N,)
+    soft = (per_pos * mask).sum() / n
+    return alpha * ce + (1 - alpha) * tau ** 2 * soft
+
+
+CURRICULA = ("none", "divergence")
+
+
+@dataclasses.dataclass
+class DistillConfig(StageConfig):
+    """The distillation objective. Defaults follow shared/research/prunenet-and-laws.md (tau = 2)."""
+
+    stage = "distill"
+    alpha: float = 0.5  # weight of the hard-label cross-entropy
+    tau: float = 2.0
+    divergence: str = "forward"  # forward | reverse | jsd
+    beta: float = 0.5  # the JSD's mixture weight
+    hidden_weight: float = 0.0  # weight of the hidden-state MSE between matched layers (0 = off)
+    cache_topk: int = 0  # cache the teacher's top-k logits once (0 = run the teacher live every step)
+    curriculum: str = "none"  # none | divergence (student-aware ordering, see KDObjective.on_step)
+    curriculum_every: int = 10  # steps per curriculum phase
+    curriculum_pool: float = 2.0  # candidates scored per block trained on
+    quiz_blocks: int = 8  # held-out (validation) blocks the curriculum watches
+
+    def validate(self) -> None:
+        check(0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1], got {self.alpha}")
+        check(self.tau > 0, f"tau must be > 0, got {self.tau}")
+        check(self.divergence in DIVERGENCES, f"divergence must be one of {', '.join(DIVERGENCES)}")
+        check(0.0 < self.beta < 1.0, "beta must be in (0, 1)")
+        check(self.hidden_weight >= 0, "hidden_weight must be >= 0")
+        check(is_int(self.cache_topk) and self.cache_topk >= 0, "cache_topk must be an integer >= 0")
+        check(self.curriculum in CURRICULA, f"curriculum must be one of {', '.join(CURRICULA)}")
+        check(is_int(self.curriculum_every) and self.curriculum_every > 0, "curriculum_every must be > 0")
+        check(self.curriculum_pool >= 1.0, "curriculum_pool must be >= 1")
+        check(is_int(self.quiz_blocks) and self.quiz_blocks > 0, "quiz_blocks must be > 0")
+        if self.cache_topk and self.divergence != "forward":
+            raise ConfigError("a cached top-k teacher supports the forward KL only: use --divergence forward "
+                              "or run the teacher live (--cache-topk 0)")
+        if self.cache_topk and self.hidden_weight:
+            raise ConfigError("hidden-state alignment needs the live teacher: set --cache-topk 0 or --hidden-weight 0")
+
+
+class TeacherCache:
+    """The teacher's top-k logits for every block a run can visit, computed once, kept on disk.
+
+    Key: teacher weights + block contents + k, so any run with the same teacher and data reuses it
+    (the dense-teacher and adapted-teacher arms of a benchmark each build theirs once).
+    """
+
+    def __init__(self, k: int):
+        self.k = k
+        self.values: dict[tuple[str, int], Any] = {}  # (source, block) -> (T, k) float16
+        self.index: dict[tuple[str, int], Any] = {}  # (source, block) -> (T, k) int32
+        self.build_seconds = 0.0
+        self.loaded_from_disk = 0
+
+    def fill(self, teacher, blocks: dict[str, tuple[list[int], Any]], *, device, micro_batch: int,
+             key: str, autocast, progress: bool = True) -> None:
+        """``blocks``: source -> (block ids, (N, T+1) array). Computes what the disk cache lacks."""
+        from safetensors.torch import load_file, save_file
+
+        from .._io import atomic_path, cache_dir
+
+        torch = require("torch", "compress")
+        path = cache_dir("teacher-logits") / f"{key}-k{self.k}.safetensors"
+        if path.exists():
+            stored = load_file(str(path))
+            for name in {n.split("/")[0] for n in stored}:
+                ids = stored[f"{name}/blocks"].tolist()
+                for j, b in enumerate(ids):
+                    self.values[(name, b)] = stored[f"{name}/values"][j]
+                    self.index[(name, b)] = stored[f"{name}/index"][j]
+            self.loaded_from_disk = len(self.values)
+        todo = [(src, b) for src, (ids, _) in blocks.items() for b in sorted(set(ids)) if (src, b) not in self.values]
+        if not todo:
+            return
+        t0 = time.perf_counter()
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(todo), desc="teacher top-k logits", unit="block", dynamic_ncols=True)
+        teacher.eval()
+        with torch.no_grad(), autocast():
+            for i in range(0, len(todo), micro_batch):
+                chunk = todo[i:i + micro_batch]
+                rows = np.stack([blocks[src][1][b] for src, b in chunk])  # (b, T + 1)
+                logits = teacher(input_ids=torch.from_numpy(rows[:, :-1]).to(device)).logits.float()  # (b, T, V)
+                vals, idx = logits.topk(self.k, dim=-1)  # (b, T, k)
+                for j, item in enumerate(chunk):
+                    self.values[item] = vals[j].half().cpu()
+                    self.index[item] = idx[j].int().cpu()
+                if bar is not None:
+                    bar.update(len(chunk))
+        if bar is not None:
+            bar.close()
+        self.build_seconds = time.perf_counter() - t0
+        tensors = {}
+        for name in {src for src, _ in self.values}:
+            keys = sorted(b for src, b in self.values if src == name)
+            tensors[f"{name}/blocks"] = torch.tensor(keys, dtype=torch.int64)
+            tensors[f"{name}/values"] = torch.stack([self.values[(name, b)] for b in keys])
+            tensors[f"{name}/index"] = torch.stack([self.index[(name, b)] for b in keys])
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp))
+
+    def batch(self, items, device):
+        torch = require("torch", "compress")
+        vals = torch.stack([self.values[it] for it in items]).to(device)  # (B, T, k)
+        idx = torch.stack([self.index[it] for it in items]).to(device)
+        return vals, idx
+
+
+class KDObjective(Objective):
+    """Teacher -> student: :func:`kd_loss` (or its cached top-k form) plus optional hidden-state MSE.
+
+    Curriculum ("divergence", after MPDistil's student-aware curriculum, Sengupta et al. ICLR 2024):
+    every ``curriculum_every`` steps, score ``curriculum_pool`` x the next phase's domain blocks by the
+    current teacher-student KL and train the phase on the most divergent ones, hardest first. The
+    quiz (held-out validation blocks) is the reward signal: when the student's quiz KL rose since
+    the last refresh, the next phase takes its candidates in plain order instead.
+    """
+
+    name = "kd"
+
+    def __init__(self, teacher, config: DistillConfig, *, teacher_id: str = ""):
+        self.teacher, self.kd, self.teacher_id = teacher, config, teacher_id
+        self.cache: TeacherCache | None = None
+        self.state: dict[str, Any] = {"quiz_kl": None}
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "teacher": self.teacher_id, **self.kd.to_dict()}
+
+    # -- set-up: the teacher on the device, the cache for every block the run can visit -----------
+    def setup(self, engine: Engine) -> None:
+        self.engine = engine
+        self.teacher.to(engine.device).eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        if not self.kd.cache_topk and self.kd.curriculum == "none":
+            return
+        self.cache = TeacherCache(self.kd.cache_topk or 64)
+        cfg, sampler = engine.config, engine.sampler
+        remaining = range(engine.state["step"], cfg.steps)
+        need_domain = sum(sampler.domain_count(s) for s in remaining)
+        factor = self.kd.curriculum_pool if self.kd.curriculum != "none" else 1.0
+        want = {"domain": sampler.peek("domain", math.ceil(need_domain * factor) + cfg.batch_size)
+                + list(sampler.state["queue"])}
+        if "replay" in engine.sources:
+            want["replay"] = sampler.peek("replay", len(remaining) * cfg.batch_size - need_domain + cfg.batch_size)
+        blocks = {src: (ids, engine.sources[src].train) for src, ids in want.items()}
+        quiz = engine.sources["domain"].validation[: self.kd.quiz_blocks]
+        blocks["quiz"] = (list(range(len(quiz))), quiz)
+        key = hashlib.sha256(json.dumps({"teacher": self.teacher_id, "data": {
+            s: blocks_digest(a) for s, (_, a) in blocks.items()}}, sort_keys=True).encode()).hexdigest()[:24]
+        mb = cfg.micro_batch or cfg.batch_size
+        self.cache.fill(self.teacher, blocks, device=engine.device, micro_batch=mb, key=key,
+                        autocast=engine.accelerator.autocast, progress=engine.progress)
+        engine.log({"event": "teacher_cache", "k": self.cache.k, "blocks": len(self.cache.values),
+                    "loaded_from_disk": self.cache.loaded_from_disk, "build_seconds": round(self.cache.build_seconds, 2)})
+
+    # -- the loss ---------------------------------------------------------------------------------
+    def loss(self, model, batch):
+        torch = require("torch", "compress")
+        kd = self.kd
+        want_hidden = kd.hidden_weight > 0
+        out = model(input_ids=batch["input_ids"], output_hidden_states=want_hidden)
+        if kd.cache_topk:
+            vals, idx = self.cache.batch(batch["items"], batch["input_ids"].device)
+            return kd_loss_topk(out.logits, vals, idx, batch["labels"], alpha=kd.alpha, tau=kd.tau)
+        with torch.no_grad():
+            t_out = self.teacher(input_ids=batch["input_ids"], output_hidden_states=want_hidden)
+        loss = kd_loss(out.logits, t_out.logits, batch["labels"], alpha=kd.alpha, tau=kd.tau,
+                       divergence=kd.divergence, beta=kd.beta)
+        if want_hidden:
+            # Hidden-state alignment: FFN pruning keeps the residual width, so layer l maps onto layer l.
+            pairs = list(zip(out.hidden_states[1:], t_out.hidden_states[1:]))  # L x ((B, T, C), (B, T, C))
+            mse = sum(torch.nn.functional.mse_loss(s.float(), t.float()) for s, t in pairs) / len(pairs)
+            loss = loss + kd.hidden_weight * mse
+        return loss
+
+    # -- the curriculum ---------------------------------------------------------------------------
+    def _block_kl(self, model, items, rows) -> list[float]:
+        """Mean per-token KL(teacher_tau || student_tau) of each block, from the cached teacher."""
+        torch = require("torch", "compress")
+        F = torch.nn.functional
+        engine, tau = self.engine, self.kd.tau
+        mb = engine.config.micro_batch or engine.config.batch_size
+        out: list[float] = []
+        model.eval()
+        with torch.no_grad(), engine.accelerator.autocast():
+            for i in range(0, len(items), mb):
+                ids = torch.from_numpy(rows[i:i + mb][:, :-1]).to(engine.device)  # (b, T)
+                vals, idx = self.cache.batch(items[i:i + mb], engine.device)  # (b, T, k)
+                log_ps = F.log_softmax(model(input_ids=ids).logits.float() / tau, -1).gather(-1, idx.long())
+                log_pt = F.log_softmax(vals.float() / tau, -1)
+                out += (log_pt.exp() * (log_pt - log_ps)).sum(-1).mean(-1).tolist()  # (b,)
+        model.train()
+        return out
+
+    def on_step(self, engine: Engine, step: int) -> dict[str, Any] | None:
+        kd, sampler, cfg = self.kd, engine.sampler, engine.config
+        if kd.curriculum == "none" or step % kd.curriculum_every:
+            return None
+        phase = range(step, min(cfg.steps, step + kd.curriculum_every))
+        need = sum(sampler.domain_count(s) for s in phase) - len(sampler.state["queue"])
+        if need <= 0:
+            return None
+        model = engine.model
+        quiz = engine.sources["domain"].validation[: kd.quiz_blocks]
+        quiz_kl = float(np.mean(self._block_kl(model, [("quiz", i) for i in range(len(quiz))], quiz)))
+        previous = self.state.get("quiz_kl")
+        mode = "uniform" if previous is not None and quiz_kl > previous else "hard-first"
+        cand = sampler.take("domain", math.ceil(need * kd.curriculum_pool))
+        rows = engine.sources["domain"].train[cand]
+        kl = self._block_kl(model, [("domain", b) for b in cand], rows)
+        if mode == "hard-first":
+            order = sorted(range(len(cand)), key=lambda j: -kl[j])[:need]
+        else:
+            order = list(range(need))
+        sampler.state["queue"] = sampler.state["queue"] + [int(cand[j]) for j in order]
+        self.state = {"quiz_kl": quiz_kl}
+        return {"quiz_kl": quiz_kl, "mode": mode, "candidates": len(cand), "chosen": need,
+                "kl_chosen": float(np.mean([kl[j] for j in order])), "kl_candidates": float(np.mean(kl))}
+
+
+def distill(teacher: str, student: str, domain, out_dir, *, config: TrainConfig | None = None,
+            kd: DistillConfig | None = None, replay=None, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Distil ``teacher`` into ``student`` on ``domain``; the student lands in ``out_dir`` as an HF directory.
+
+    ``teacher``/``student``: registry names, HF directories or GGUF files; ``domain``/``replay``: demo
+    domain names, corpus directories or :class:`TextSplits`. Returns the eval summary.
+    """
+    from ..models import load_torch
+
+    config = config or TrainConfig()
+    kd = kd or DistillConfig()
+    t_model, t_tok, t_info = load_torch(teacher)
+    s_model, s_tok, s_info = load_torch(student)
+    check_same_vocabulary(t_tok, s_tok)
+    if kd.hidden_weight and t_model.config.hidden_size != s_model.config.hidden_size:
+        raise ConfigError(f"hidden-state alignment needs equal hidden sizes (teacher {t_model.config.hidden_size}, "
+                          f"student {s_model.config.hidden_size}); set --hidden-weight 0")
+    if kd.hidden_weight and t_model.config.num_hidden_layers != s_model.config.num_hidden_layers:
+        raise ConfigError("hidden-state alignment matches layer l to layer l: teacher and student need as many "
+                          "layers; set --hidden-weight 0")
+    objective = KDObjective(t_model, kd, teacher_id=weights_fingerprint(t_model))
+    engine = Engine(s_model, s_tok, objective, load_splits(domain), config, out_dir,
+                    replay=load_splits(replay) if replay is not None else None, kind="distill",
+                    meta={"teacher": t_info, "student": s_info}, resume=resume, progress=progress)
+    return engine.run()
