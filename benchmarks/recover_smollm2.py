@@ -116,16 +116,18 @@ def main(argv=None) -> int:
     ap.add_argument("--ratio", type=float, default=0.3)
     ap.add_argument("--domains", default="code,docs,legal")
     ap.add_argument("--arms", default="abcdef")
-    ap.add_argument("--budget", type=int, default=49152, help="training tokens per run (all runs equal)")
+    ap.add_argument("--budget", type=int, default=32768, help="training tokens per run (all runs equal)")
     ap.add_argument("--seq-len", type=int, default=256)
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--micro-batch", type=int, default=4)
-    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--train", default="ffn", choices=["ffn", "all", "lora"])
     ap.add_argument("--topk", type=int, default=64)
     ap.add_argument("--eval-bytes", type=int, default=16000)
     ap.add_argument("--mc-items", type=int, default=40)
     ap.add_argument("--throughput-steps", type=int, default=3, help="0 = skip the throughput table")
+    ap.add_argument("--throughput-only", action="store_true",
+                    help="measure only the throughput table and update it in an existing --json (on a quiet machine)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default=None, help="where the trained models go (default: a cache directory)")
@@ -152,9 +154,15 @@ def main(argv=None) -> int:
                      "eval": eval_cfg.to_dict(), "student": {k: report[k] for k in (
                          "d_ff", "kept_width", "params_before", "params_after", "param_reduction")},
                      "domains": {}, "throughput": []}
-    if args.throughput_steps:
+    if args.throughput_only:
+        results = json.loads(Path(args.json).read_text())
+    if args.throughput_steps or args.throughput_only:
         print("training throughput (tokens/s):", flush=True)
-        results["throughput"] = throughput(student, args.model, domains[0], base, args.throughput_steps)
+        results["throughput"] = throughput(student, args.model, domains[0], base, max(1, args.throughput_steps))
+        results["throughput_config"] = {"steps": args.throughput_steps, "domain": domains[0]}
+    if args.throughput_only:
+        write_json_atomic(args.json, results)
+        return 0
 
     def run(kind, out, **kw):
         if (out / "eval_summary.json").exists():

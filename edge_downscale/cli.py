@@ -295,6 +295,110 @@ def prune_cmd(model, ratios, out_dir, method, policy_dir, train_ratio, episodes,
                    f"(-{o['param_reduction']:.1%}), mean spectrum KS {o['mean_ks']:.3f}")
 
 
+# ----------------------------------------------------------------------------- recovery training
+_TRAIN_EPILOG = ("OUT ends up a standard HF model directory (safetensors + tokenizer) with run.json, "
+                 "train_log.jsonl (one JSON object per step/eval) and eval_summary.json. Runs on the CPU, one CUDA "
+                 "GPU (bf16 autocast), or many GPUs without code change: "
+                 "`accelerate launch -m edge_downscale.cli adapt ...`. Ctrl-C writes a checkpoint; rerun the same "
+                 "command with --resume to continue.")
+
+
+def _train_options(f):
+    """Options shared by `adapt` and `distill`: they build one TrainConfig."""
+    options = [
+        click.option("--domain", required=True, help="Domain corpus: a demo domain (code, docs, legal) or a `data build` directory."),
+        click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory."),
+        click.option("--tokens", "token_budget", type=int, default=65536, show_default=True, help="Training token budget (domain + replay)."),
+        click.option("--seq-len", type=int, default=256, show_default=True, help="Tokens per training sequence."),
+        click.option("--batch-size", type=int, default=8, show_default=True, help="Sequences per optimizer step."),
+        click.option("--micro-batch", type=int, default=0, show_default=True, help="Sequences per forward pass (gradient accumulation); 0 = batch size."),
+        click.option("--lr", type=float, default=2e-4, show_default=True, help="Peak learning rate (linear warm-up, cosine decay)."),
+        click.option("--train", "train_mode", type=click.Choice(["ffn", "all", "lora"]), default="ffn", show_default=True,
+                     help="What trains: the FFNs only (what pruning changed; ~1.5x faster on CPU), all weights, or LoRA adapters (merged when saved)."),
+        click.option("--lora-rank", type=int, default=16, show_default=True),
+        click.option("--replay", default=None, help="General corpus mixed in to prevent forgetting (a demo domain or corpus directory)."),
+        click.option("--domain-share", type=float, default=1.0, show_default=True,
+                     help="Share r of domain tokens in the mixture; < 1 needs --replay. `laws dcpt` proposes one."),
+        click.option("--eval-every", type=int, default=0, show_default=True, help="Validation loss every N steps (0 = start and end)."),
+        click.option("--checkpoint-every", type=int, default=50, show_default=True, help="Checkpoint every N steps (0 = never)."),
+        click.option("--keep-checkpoints", is_flag=True, help="Keep the checkpoints after a finished run."),
+        click.option("--resume", is_flag=True, help="Continue the run in OUT from its last checkpoint (same settings only)."),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
+        click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+                     help="auto = bf16 on a CUDA GPU that supports it, else fp32."),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--quiet", is_flag=True, help="No progress bar."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _train_config(kw: dict):
+    from .compress.train import TrainConfig
+
+    return TrainConfig(token_budget=kw["token_budget"], seq_len=kw["seq_len"], batch_size=kw["batch_size"],
+                       micro_batch=kw["micro_batch"], lr=kw["lr"], train=kw["train_mode"], lora_rank=kw["lora_rank"],
+                       domain_share=kw["domain_share"], eval_every=kw["eval_every"],
+                       checkpoint_every=kw["checkpoint_every"], keep_checkpoints=kw["keep_checkpoints"],
+                       device=kw["device"], precision=kw["precision"], seed=kw["seed"])
+
+
+def _report_training(summary: dict, out_dir: str) -> None:
+    replay = summary.get("replay_val_loss")
+    extra = f", replay validation loss {replay:.4f}" if replay is not None else ""
+    click.echo(f"{out_dir}: {summary['steps']} steps, {summary['tokens']:,} tokens at {summary['tokens_per_s']} tokens/s "
+               f"({summary['device']}, {summary['precision']}); validation loss {summary['val_loss']:.4f}{extra}")
+
+
+@cli.command("adapt", short_help="Domain-continual pretraining (optionally with replay).", epilog=_TRAIN_EPILOG)
+@click.argument("model")
+@_train_options
+def adapt_cmd(model, **kw):
+    """Continue pretraining MODEL (a name, HF directory or GGUF) on a domain corpus.
+
+    Mix in a general corpus with --replay and --domain-share r (the D-CPT law's mixture ratio) to
+    keep general ability; train the FFNs, all weights or LoRA.
+    """
+    from .compress.adapt import adapt
+
+    summary = adapt(model, kw["domain"], kw["out_dir"], config=_train_config(kw), replay=kw["replay"],
+                    resume=kw["resume"], progress=not kw["quiet"])
+    _report_training(summary, kw["out_dir"])
+
+
+@cli.command("distill", short_help="Knowledge distillation teacher -> student on a domain.", epilog=_TRAIN_EPILOG)
+@click.option("--teacher", required=True, help="Teacher: a name, HF directory or GGUF (best: one adapted to the domain).")
+@click.option("--student", required=True, help="Student: e.g. a pruned HF directory from `edge-downscale prune`.")
+@click.option("--alpha", type=float, default=0.5, show_default=True, help="Weight of the hard-label cross-entropy.")
+@click.option("--tau", type=float, default=2.0, show_default=True, help="Softmax temperature of the soft targets.")
+@click.option("--divergence", type=click.Choice(["forward", "reverse", "jsd"]), default="forward", show_default=True,
+              help="KL(teacher||student), KL(student||teacher) or the generalised JSD (GKD).")
+@click.option("--hidden-weight", type=float, default=0.0, show_default=True,
+              help="Weight of the hidden-state MSE between matched layers (needs the live teacher).")
+@click.option("--cache-topk", type=int, default=64, show_default=True,
+              help="Cache the teacher's top-k logits once instead of running it every step (0 = live teacher).")
+@click.option("--curriculum", type=click.Choice(["none", "divergence"]), default="none", show_default=True,
+              help="divergence: train each phase on the blocks where the student lags the teacher most.")
+@_train_options
+def distill_cmd(teacher, student, alpha, tau, divergence, hidden_weight, cache_topk, curriculum, **kw):
+    """Distil TEACHER into STUDENT on a domain: alpha * CE + (1 - alpha) * tau^2 * D(teacher || student).
+
+    Teacher and student must share a tokenizer. The research (shared/research) says: adapt the
+    teacher to the domain first (`edge-downscale adapt`), then distil with tau = 2.
+    """
+    from .compress.distill import DistillConfig, distill
+
+    if cache_topk and (divergence != "forward" or hidden_weight):
+        cache_topk = 0  # reverse KL, JSD and hidden states need the live teacher
+        click.echo("note: running the teacher live (--divergence/--hidden-weight need its full outputs)", err=True)
+    kd = DistillConfig(alpha=alpha, tau=tau, divergence=divergence, hidden_weight=hidden_weight,
+                       cache_topk=cache_topk, curriculum=curriculum)
+    summary = distill(teacher, student, kw["domain"], kw["out_dir"], config=_train_config(kw), kd=kd,
+                      replay=kw["replay"], resume=kw["resume"], progress=not kw["quiet"])
+    _report_training(summary, kw["out_dir"])
+
+
 # ----------------------------------------------------------------------------- laws
 @cli.group(cls=_Group, short_help="Fit compression laws to measured results.")
 def laws():
