@@ -114,3 +114,37 @@ def test_smollm2_chat_template_and_stop_strings(llama_smollm2):
     assert llama_smollm2.detokenize(ids).rstrip().endswith("assistant")  # generation prompt appended
     cut = llama_smollm2.generate("1, 2, 3, 4, 5,", max_tokens=24, stop=[" 8"], meter=None)
     assert " 8" not in cut.text and cut.finish_reason == "stop"
+
+
+def test_recovery_training_on_smollm2_pruned_student(tmp_path, smollm2_gguf):
+    """The real chain at a tiny budget: prune SmolLM2 30% (random rows), distil from the dense teacher
+    with the cached top-k teacher, and check the student learned on held-out text of its domain."""
+    from edge_downscale.compress.distill import DistillConfig, distill
+    from edge_downscale.compress.prune import prune_to_dirs
+    from edge_downscale.compress.train import TrainConfig, read_log
+
+    prune_to_dirs(str(smollm2_gguf), [0.3], tmp_path / "pruned", method="random", progress=False)
+    config = TrainConfig(token_budget=6 * 4 * 64, seq_len=64, batch_size=4, lr=5e-4, eval_tokens=1040,
+                         checkpoint_every=0)
+    summary = distill(str(smollm2_gguf), str(tmp_path / "pruned" / "r0.30"), "docs", tmp_path / "student",
+                      config=config, kd=DistillConfig(cache_topk=32), progress=False)
+    log = read_log(tmp_path / "student")
+    start = next(r for r in log if r["event"] == "eval")["val_loss"]
+    assert summary["val_loss"] < start  # 1.5k tokens of KD already lower the held-out loss of a 30%-pruned model
+    assert any(r["event"] == "teacher_cache" and r["blocks"] > 0 for r in log)
+    from edge_downscale.models import load_torch
+
+    model, _, _ = load_torch(str(tmp_path / "student"))
+    assert model.config.intermediate_size == 1088  # a plain HF directory with the pruned width
+
+
+def test_vocabulary_check_refuses_a_teacher_with_another_tokenizer(tmp_path, tiny_model_dir):
+    """SmolLM2's real tokenizer against the tiny model's (another BPE): the distill command refuses."""
+    from click.testing import CliRunner
+
+    from edge_downscale.cli import cli
+
+    res = CliRunner().invoke(cli, ["distill", "--teacher", "smollm2-135m", "--student", str(tiny_model_dir),
+                                   "--domain", "docs", "--out", str(tmp_path / "out"), "--quiet"])
+    assert res.exit_code != 0 and "vocabularies differ" in res.output and "same tokenizer" in res.output
+    assert "Traceback" not in res.output and not (tmp_path / "out").exists()

@@ -46,10 +46,10 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .._io import atomic_path, write_json_atomic
+from .._io import write_json_atomic
 from ..config import check
 from ..errors import LawFitError, require
-from .laws import _from_dict, _number, _r2
+from .laws import _fmt as laws_fmt, _from_dict, _number, _r2, read_points, save_figure
 
 __all__ = [
     "DcptPoint", "load_dcpt_points", "save_dcpt_points",
@@ -117,18 +117,7 @@ def _read_json(path: Path, what: str) -> Any:
 
 
 def _points_file(path: Path) -> list[DcptPoint]:
-    data = _read_json(path, "the points file")
-    if not isinstance(data, dict) or not isinstance(data.get("points"), list):
-        raise LawFitError(f'{path}: expected a JSON object with a "points" list')
-    points = []
-    for i, raw in enumerate(data["points"]):
-        try:
-            points.append(DcptPoint.from_dict(raw))
-        except LawFitError as e:
-            raise LawFitError(f"{path}: point {i}: {e}") from e
-    if not points:
-        raise LawFitError(f"{path}: no points; add one entry per measured (tokens, share)")
-    return points
+    return read_points(path, DcptPoint, "add one entry per measured (tokens, share)")[1]
 
 
 def _run_dir(path: Path) -> list[DcptPoint]:
@@ -560,7 +549,7 @@ def analyse_dcpt(points: Sequence[DcptPoint], budget: float | None = None, max_g
 
 
 def _fmt(x: float | None, spec: str = ".4g") -> str:
-    return "n/a" if x is None else format(x, spec)
+    return laws_fmt(x, spec)
 
 
 def format_dcpt(report: DcptReport) -> str:
@@ -622,7 +611,4 @@ def plot_dcpt(points: Iterable[DcptPoint], fit: DcptFit, path: str | Path, *,
         ax.set_ylabel(f"{f.target} validation loss")
         ax.set_title(f"D-CPT law, {f.target} loss (R^2 {_fmt(f.r2, '.3f')})", fontsize=10)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    return Path(path)
+    return save_figure(fig, path)

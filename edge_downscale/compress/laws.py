@@ -165,27 +165,38 @@ class Results:
 _FILE_TOP = {"points", "metric", "higher_is_better", "time_metric", "time_higher_is_better", "tokens_unit"}
 
 
+def read_points(path: Path, point_cls, empty_hint: str) -> tuple[dict[str, Any], list]:
+    """A JSON object with a non-empty "points" list, each parsed by ``point_cls.from_dict``.
+
+    Every problem is a one-line :class:`LawFitError` naming the file (and the point).
+    """
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise LawFitError(f"{path}: cannot read it ({e.strerror or e})") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LawFitError(f"{path}: not valid JSON ({str(e).splitlines()[0]})") from e
+    if not isinstance(data, dict) or not isinstance(data.get("points"), list):
+        raise LawFitError(f'{path}: expected a JSON object with a "points" list')
+    if not data["points"]:
+        raise LawFitError(f"{path}: no points; {empty_hint}")
+    points = []
+    for i, raw in enumerate(data["points"]):
+        try:
+            points.append(point_cls.from_dict(raw))
+        except LawFitError as e:
+            raise LawFitError(f"{path}: point {i}: {e}") from e
+    return data, points
+
+
 def load_results(path: str | Path) -> Results:
     """Read and validate a RESULTS.json; every problem is a one-line :class:`LawFitError`."""
     path = Path(path)
     if not path.is_file():
         raise LawFitError(f"{path}: no such file; give the RESULTS.json your benchmark wrote")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LawFitError(f"{path}: not valid JSON ({str(e).splitlines()[0]})") from e
-    if not isinstance(data, dict) or not isinstance(data.get("points"), list):
-        raise LawFitError(f'{path}: expected a JSON object with a "points" list')
+    data, points = read_points(path, LawPoint, "add one entry per measured compressed model")
     # Other top-level keys (a benchmark's rows, timings, machine...) are context, not law inputs: ignored.
     data = {k: v for k, v in data.items() if k in _FILE_TOP}
-    if not data["points"]:
-        raise LawFitError(f"{path}: no points; add one entry per measured compressed model")
-    points = []
-    for i, raw in enumerate(data["points"]):
-        try:
-            points.append(LawPoint.from_dict(raw))
-        except LawFitError as e:
-            raise LawFitError(f"{path}: point {i}: {e}") from e
     try:
         results = Results(points, **{k: data[k] for k in _FILE_TOP - {"points"} if k in data})
     except (LawFitError, TypeError, AttributeError) as e:
@@ -618,6 +629,14 @@ def _fmt(x: float | None, spec: str = ".4f") -> str:
     return "n/a" if x is None else format(x, spec)
 
 
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay out a matplotlib figure and write it as a PNG atomically (shared by the law plots)."""
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    return Path(path)
+
+
 def format_report(report: LawsReport) -> str:
     """A short human-readable summary of a :class:`LawsReport`."""
     q, rt = report.quality, report.runtime
@@ -694,7 +713,4 @@ def plot_fit(points: Iterable[LawPoint], fit: QualityLawFit, runtime_fit: Runtim
         ax.set_title(f"runtime law (R^2 log {_fmt(runtime_fit.r2_log, '.3f')})", fontsize=10)
         ax.legend(fontsize=7)
 
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    return Path(path)
+    return save_figure(fig, path)

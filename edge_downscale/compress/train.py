@@ -467,6 +467,7 @@ class Engine:
                 f.write(json.dumps(record) + "\n")
 
     def checkpoint(self, optimizer) -> Path | None:
+        self.accelerator.wait_for_everyone()  # every process has finished the step
         if not self.accelerator.is_main_process:
             return None
         step = self.state["step"]
