@@ -293,6 +293,8 @@ def test_cli_adapt_and_bad_input(tiny, texts, tmp_path):
     again = runner.invoke(cli, args)  # a finished run is not overwritten
     assert again.exit_code != 0 and "already holds a finished run" in again.output
     assert "Traceback" not in again.output
+    resumed = runner.invoke(cli, args + ["--resume"])  # nor retrained from scratch by --resume
+    assert resumed.exit_code != 0 and "nothing to resume" in resumed.output
     bad = runner.invoke(cli, ["adapt", str(tiny), "--domain", str(tmp_path / "nope"), "--out", str(tmp_path / "o2")])
     assert bad.exit_code != 0 and "neither a corpus directory nor a demo domain" in bad.output
     share = runner.invoke(cli, args[:-1] + ["--domain-share", "0.5", "--out", str(tmp_path / "o3")])

@@ -502,8 +502,8 @@ class Engine:
     def _prepare_out_dir(self) -> None:
         run_path = self.out_dir / RUN
         if self.out_dir.exists() and any(self.out_dir.iterdir()):
-            if (self.out_dir / SUMMARY).exists() and not self.resume:
-                raise TrainingError(f"{self.out_dir} already holds a finished run: pick a new --out")
+            if (self.out_dir / SUMMARY).exists():
+                raise TrainingError(f"{self.out_dir} already holds a finished run (nothing to resume): pick a new --out")
             if not self.resume:
                 raise TrainingError(f"{self.out_dir} is not empty: pass --resume to continue the run in it, "
                                     "or pick a new --out")
