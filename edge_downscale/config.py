@@ -88,6 +88,19 @@ def check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def check_int(config: Any, name: str, minimum: int | None = None, maximum: int | None = None) -> None:
+    """``config.name`` must be an int (not a bool) within [minimum, maximum] (either bound optional)."""
+    value = getattr(config, name)
+    if minimum is not None and maximum is not None:
+        want = f"an integer in [{minimum}, {maximum}]"
+    elif minimum is not None:
+        want = f"an integer >= {minimum}"
+    else:
+        want = "an integer"
+    ok = is_int(value) and (minimum is None or value >= minimum) and (maximum is None or value <= maximum)
+    check(ok, f"{name} must be {want}, got {value!r}")
+
+
 @dataclasses.dataclass
 class EvalConfig(StageConfig):
     """Bits-per-byte and multiple-choice evaluation settings.

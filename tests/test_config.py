@@ -21,3 +21,20 @@ def test_unknown_keys_are_errors_not_silently_dropped():
         EvalConfig.from_dict({"max_lenght": 10})
     with pytest.raises(ConfigError, match="JSON"):
         EvalConfig.from_json("{not json")
+
+
+def test_check_int_rejects_bools_floats_and_out_of_range_values():
+    from types import SimpleNamespace
+
+    from edge_downscale.config import check_int
+    from edge_downscale.errors import ConfigError
+
+    check_int(SimpleNamespace(n=16), "n", 16, 1024)
+    for bad, match in [(True, r"n must be an integer in \[16, 1024\], got True"), (16.0, "got 16.0"),
+                       (15, "got 15"), (1025, "got 1025")]:
+        with pytest.raises(ConfigError, match=match):
+            check_int(SimpleNamespace(n=bad), "n", 16, 1024)
+    with pytest.raises(ConfigError, match="n must be an integer >= 1, got 0"):
+        check_int(SimpleNamespace(n=0), "n", 1)
+    with pytest.raises(ConfigError, match="n must be an integer, got 'x'"):
+        check_int(SimpleNamespace(n="x"), "n")

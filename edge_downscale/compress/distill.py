@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import StageConfig, check, is_int
+from ..config import StageConfig, check, check_int
 from ..errors import ConfigError, require
 from .train import Engine, Objective, TrainConfig, blocks_digest, load_splits, weights_fingerprint
 
@@ -130,11 +130,11 @@ class DistillConfig(StageConfig):
         check(self.divergence in DIVERGENCES, f"divergence must be one of {', '.join(DIVERGENCES)}")
         check(0.0 < self.beta < 1.0, "beta must be in (0, 1)")
         check(self.hidden_weight >= 0, "hidden_weight must be >= 0")
-        check(is_int(self.cache_topk) and self.cache_topk >= 0, "cache_topk must be an integer >= 0")
+        check_int(self, "cache_topk", 0)
         check(self.curriculum in CURRICULA, f"curriculum must be one of {', '.join(CURRICULA)}")
-        check(is_int(self.curriculum_every) and self.curriculum_every > 0, "curriculum_every must be > 0")
+        check_int(self, "curriculum_every", 1)
         check(self.curriculum_pool >= 1.0, "curriculum_pool must be >= 1")
-        check(is_int(self.quiz_blocks) and self.quiz_blocks > 0, "quiz_blocks must be > 0")
+        check_int(self, "quiz_blocks", 1)
         if self.cache_topk and self.divergence != "forward":
             raise ConfigError("a cached top-k teacher supports the forward KL only: use --divergence forward "
                               "or run the teacher live (--cache-topk 0)")

@@ -40,7 +40,7 @@ import numpy as np
 
 from .. import __version__
 from .._io import atomic_path, write_json_atomic
-from ..config import StageConfig, check, is_int
+from ..config import StageConfig, check, check_int
 from ..errors import ConfigError, CorpusError, EdgeDownscaleError, require
 
 TRAIN_MODES = ("all", "ffn", "lora")
@@ -93,7 +93,7 @@ class TrainConfig(StageConfig):
     def validate(self) -> None:
         for name in ("token_budget", "seq_len", "batch_size", "micro_batch", "eval_every", "eval_tokens",
                      "checkpoint_every", "lora_rank", "seed", "threads"):
-            check(is_int(getattr(self, name)) and getattr(self, name) >= 0, f"{name} must be an integer >= 0")
+            check_int(self, name, 0)
         check(self.token_budget > 0 and self.seq_len >= 8 and self.batch_size > 0,
               "token_budget, batch_size must be > 0 and seq_len >= 8")
         check(self.micro_batch == 0 or self.batch_size % self.micro_batch == 0,

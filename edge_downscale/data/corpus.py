@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Iterable, Iterator, Sequence
 
 from .._io import atomic_path, cache_dir
-from ..config import StageConfig, check, is_int, is_number
+from ..config import StageConfig, check, check_int, is_int, is_number
 from ..errors import ConfigError, CorpusError, require
 from .sources import DEMO_DOMAINS, SkipCounts, Source, open_source
 
@@ -76,12 +76,9 @@ class CorpusConfig(StageConfig):
         check(self.split_fractions[0] > 0, "split_fractions: the train fraction must be > 0")
         check(is_number(self.near_dup_threshold) and 0 < self.near_dup_threshold <= 1,
               f"near_dup_threshold must be in (0, 1], got {self.near_dup_threshold!r}")
-        check(is_int(self.num_perm) and 16 <= self.num_perm <= 1024,
-              f"num_perm must be an integer in [16, 1024], got {self.num_perm!r}")
-        check(is_int(self.shingle_size) and self.shingle_size >= 1,
-              f"shingle_size must be an integer >= 1, got {self.shingle_size!r}")
-        check(is_int(self.min_doc_bytes) and self.min_doc_bytes >= 0,
-              f"min_doc_bytes must be an integer >= 0, got {self.min_doc_bytes!r}")
+        check_int(self, "num_perm", 16, 1024)
+        check_int(self, "shingle_size", 1)
+        check_int(self, "min_doc_bytes", 0)
         check(is_int(self.max_doc_bytes) and self.max_doc_bytes > max(self.min_doc_bytes, 0),
               f"max_doc_bytes must be an integer > min_doc_bytes, got {self.max_doc_bytes!r}")
         check(self.max_docs is None or (is_int(self.max_docs) and self.max_docs >= 1),

@@ -61,7 +61,7 @@ from typing import Any, Callable, ClassVar, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..config import StageConfig, check, is_int, is_number
+from ..config import StageConfig, check, check_int, is_int, is_number
 from ..errors import ConfigError, CorpusError, require
 from .corpus import (SPLITS, _check_out_dir, corpus_info, exact_hash, load_corpus, near_duplicate_roots,
                      normalised_words, save_corpus, shingles, split_digest)
@@ -168,10 +168,8 @@ class NearDedupConfig(StageConfig):
     def validate(self) -> None:
         check(is_number(self.threshold) and 0 < self.threshold <= 1,
               f"near-dedup threshold must be in (0, 1], got {self.threshold!r}")
-        check(is_int(self.num_perm) and 16 <= self.num_perm <= 1024,
-              f"num_perm must be an integer in [16, 1024], got {self.num_perm!r}")
-        check(is_int(self.shingle_size) and self.shingle_size >= 1,
-              f"shingle_size must be an integer >= 1, got {self.shingle_size!r}")
+        check_int(self, "num_perm", 16, 1024)
+        check_int(self, "shingle_size", 1)
 
 
 def near_dedup(texts: Iterable[str], config: NearDedupConfig | None = None, *, progress: bool = False) -> Selection:
@@ -339,8 +337,8 @@ class QualityConfig(StageConfig):
 
     def validate(self) -> None:
         check(self.band in BANDS, f"band must be one of {', '.join(BANDS)}, got {self.band!r}")
-        check(is_int(self.max_tokens) and self.max_tokens >= 8, f"max_tokens must be an integer >= 8, got {self.max_tokens!r}")
-        check(is_int(self.batch_size) and self.batch_size >= 1, f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        check_int(self, "max_tokens", 8)
+        check_int(self, "batch_size", 1)
 
 
 def band_indices(scores: np.ndarray, n_keep: int, band: str) -> np.ndarray:
@@ -416,9 +414,9 @@ class DiversityConfig(StageConfig):
               f"diversity threshold (cosine) must be in (-1, 1], got {self.threshold!r}")
         check(isinstance(self.center, bool), "center must be true or false")
         check(self.embedder in ("reference", "minilm"), f"embedder must be reference or minilm, got {self.embedder!r}")
-        check(is_int(self.max_tokens) and self.max_tokens >= 8, f"max_tokens must be an integer >= 8, got {self.max_tokens!r}")
-        check(is_int(self.batch_size) and self.batch_size >= 1, f"batch_size must be an integer >= 1, got {self.batch_size!r}")
-        check(is_int(self.seed), f"seed must be an integer, got {self.seed!r}")
+        check_int(self, "max_tokens", 8)
+        check_int(self, "batch_size", 1)
+        check_int(self, "seed")
 
 
 def minilm_embeddings(texts: Iterable[str]) -> np.ndarray:  # pragma: no cover - optional, not installed here
@@ -528,7 +526,7 @@ class RelevanceConfig(StageConfig):
         check(is_number(self.smoothing) and self.smoothing > 0, f"smoothing must be > 0, got {self.smoothing!r}")
         check(isinstance(self.length_normalise, bool), "length_normalise must be true or false")
         check(self.mode in ("topk", "resample"), f"mode must be topk or resample, got {self.mode!r}")
-        check(is_int(self.seed), f"seed must be an integer, got {self.seed!r}")
+        check_int(self, "seed")
 
 
 def hashed_ngrams(texts: Iterable[str], config: RelevanceConfig):
@@ -590,9 +588,9 @@ class ActiveConfig(StageConfig):
     batch_size: int = 4
 
     def validate(self) -> None:
-        check(is_int(self.rounds) and self.rounds >= 1, f"rounds must be an integer >= 1, got {self.rounds!r}")
-        check(is_int(self.max_tokens) and self.max_tokens >= 8, f"max_tokens must be an integer >= 8, got {self.max_tokens!r}")
-        check(is_int(self.batch_size) and self.batch_size >= 1, f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        check_int(self, "rounds", 1)
+        check_int(self, "max_tokens", 8)
+        check_int(self, "batch_size", 1)
 
 
 TrainCallback = Callable[[list[str]], None]
@@ -699,7 +697,7 @@ class PruneRecipe(StageConfig):
         self.steps = steps
         check(is_number(self.keep) and 0 < self.keep <= 1, f"keep must be a fraction in (0, 1], got {self.keep!r}")
         self.keep = float(self.keep)
-        check(is_int(self.seed), f"seed must be an integer, got {self.seed!r}")
+        check_int(self, "seed")
         for name in ("reference", "student", "target"):
             v = getattr(self, name)
             check(v is None or (isinstance(v, str) and v != ""), f"{name} must be a non-empty string or None")
