@@ -11,12 +11,11 @@ For each domain (default ``legal`` and ``code``):
 3. score held-out bits-per-byte on the domain's test split (``edge_downscale.eval``) for the base
    model and each variant.
 
-The training loop below is deliberately minimal (there is no training engine in the package yet;
-``edge_downscale.compress.adapt`` will add one): every variant's documents are tokenized (EOS after
-each document) and concatenated into one stream; each optimizer step takes ``--batch`` blocks of
-``--seq`` + 1 tokens at seeded uniformly random offsets of that stream (packed, no padding), loss
-= next-token cross-entropy, AdamW (betas 0.9/0.95, no weight decay), gradient clipping at 1.0,
-constant learning rate. Every variant starts from the same weights and uses the same block seed.
+Training is the package's engine (``edge_downscale.compress.train``, the LM objective of
+``compress.adapt``): every variant's documents are packed into blocks of ``--seq`` + 1 tokens
+(EOS after each document), drawn in a seeded order, ``--batch`` blocks per optimizer step, all
+weights, AdamW (betas 0.9/0.95, no weight decay), gradient clipping at 1.0, constant learning rate.
+Every variant starts from the same weights and uses the same seed.
 
 With a few dozen steps on 2 CPU cores the model sees a few thousand tokens, so differences between
 variants can be within noise: two random-subset seeds give a noise estimate, reported next to the
@@ -51,43 +50,18 @@ from edge_downscale.data.prune import PruneRecipe, parse_steps, prune_corpus, ra
 from edge_downscale.eval import bits_per_byte, heldout_texts, markdown_table  # noqa: E402
 
 
-def tokenize_docs(tok, texts: list[str]) -> list[np.ndarray]:
-    """Token ids of each document followed by EOS (one array per document)."""
-    eos = tok.eos_token_id
-    out = []
-    for start in range(0, len(texts), 64):
-        for ids in tok(texts[start:start + 64], add_special_tokens=False)["input_ids"]:
-            out.append(np.asarray(ids + [eos], dtype=np.int64))
-    return out
+def train_variant(model, tok, texts: list[str], validation: list[str], args, work: Path) -> dict:
+    """Continue pretraining ``model`` in place on ``texts`` with the package's engine (constant lr, all weights)."""
+    from edge_downscale.compress.train import Engine, LMObjective, TextSplits, TrainConfig
 
-
-def train_packed(model, docs: list[np.ndarray], *, steps: int, batch: int, seq: int, lr: float, seed: int,
-                 device: str) -> dict:
-    """Minimal packed-sequence causal-LM training (see the module docstring). Returns loss/timing."""
-    import torch
-
-    stream = np.concatenate(docs)  # (S,)
-    if len(stream) < seq + 2:
-        raise SystemExit(f"only {len(stream)} training tokens: too few for --seq {seq}")
-    rng = np.random.default_rng(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
-    model.train()
-    losses = []
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        starts = rng.integers(0, len(stream) - seq - 1, size=batch)
-        x = torch.from_numpy(np.stack([stream[s:s + seq + 1] for s in starts])).to(device)  # (B, T+1)
-        loss = model(input_ids=x, labels=x).loss  # HF shifts labels: predicts x[:, 1:] from x[:, :-1]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        losses.append(float(loss))
+    config = TrainConfig(token_budget=args.steps * args.batch * args.seq, seq_len=args.seq, batch_size=args.batch,
+                         lr=args.lr, warmup_ratio=0.0, min_lr_ratio=1.0, train="all", checkpoint_every=0,
+                         eval_tokens=args.seq + 1, device=args.device, seed=args.seed)
+    summary = Engine(model, tok, LMObjective(), TextSplits("variant", texts, validation), config, work,
+                     kind="data-pruning", progress=False).run()
     model.eval()
-    seconds = time.perf_counter() - t0
-    return {"stream_tokens": int(len(stream)), "trained_tokens": steps * batch * seq,
-            "first_loss": losses[0], "last_loss": losses[-1], "mean_loss_last_quarter": float(np.mean(losses[-max(1, steps // 4):])),
-            "seconds": round(seconds, 1), "tokens_per_second": round(steps * batch * seq / seconds, 1)}
+    return {"trained_tokens": summary["tokens"], "seconds": summary["train_seconds"],
+            "tokens_per_second": summary["tokens_per_s"], "val_loss": summary["val_loss"]}
 
 
 def heldout_bpb(backend, domain: str, eval_config: EvalConfig) -> float:
@@ -154,20 +128,18 @@ def main(argv=None) -> int:
             variants[f"random-{args.keep:.0%} (seed {s})"] = random_subset(n, args.keep, seed=1000 + s)
         variants[f"pruned-{args.keep:.0%}"] = pruned_mask
 
-        t0 = time.perf_counter()
-        docs = tokenize_docs(tok, train_texts)  # per document token ids, shared by every variant
-        tokenize_seconds = time.perf_counter() - t0
+        validation = list(load_corpus(corpus)["validation"]["text"])
         entry: dict = {"train_documents": n, "prune_report": {k: report[k] for k in ("before", "after", "dropped", "steps",
                                                                                      "budget_documents", "kept_fraction")},
-                       "tokenize_seconds": round(tokenize_seconds, 1), "variants": {}}
+                       "variants": {}}
         model.load_state_dict(base_state)
         entry["base_bpb"] = heldout_bpb(backend, domain, eval_config)
         print(f"  base bpb {entry['base_bpb']:.4f}", file=sys.stderr, flush=True)
         for name, mask in variants.items():
             model.load_state_dict(base_state)
-            chosen = [d for d, m in zip(docs, mask) if m]
-            train = train_packed(model, chosen, steps=args.steps, batch=args.batch, seq=args.seq, lr=args.lr,
-                                 seed=args.seed, device=args.device)
+            chosen = [t for t, m in zip(train_texts, mask) if m]
+            with tempfile.TemporaryDirectory(prefix="prune-bench-train-") as work:
+                train = train_variant(model, tok, chosen, validation, args, Path(work) / "run")
             bpb = heldout_bpb(backend, domain, eval_config)
             entry["variants"][name] = {"documents": int(mask.sum()), "bpb": bpb, "train": train}
             print(f"  {name}: {int(mask.sum())} docs, bpb {bpb:.4f} ({train['seconds']} s, "

@@ -43,7 +43,7 @@ from edge_downscale._io import cache_dir, write_json_atomic  # noqa: E402
 from edge_downscale.compress.adapt import adapt  # noqa: E402
 from edge_downscale.compress.distill import DistillConfig, distill  # noqa: E402
 from edge_downscale.compress.prune import prune_to_dirs  # noqa: E402
-from edge_downscale.compress.train import Engine, LMObjective, TrainConfig, load_splits  # noqa: E402
+from edge_downscale.compress.train import Engine, LMObjective, TrainConfig, load_splits, read_log  # noqa: E402
 from edge_downscale.config import EvalConfig  # noqa: E402
 from edge_downscale.eval import evaluate, markdown_table  # noqa: E402
 from edge_downscale.models import load_torch, resolve  # noqa: E402
@@ -100,7 +100,7 @@ def throughput(student: Path, teacher: str, domain: str, base: TrainConfig, step
         shutil.rmtree(out, ignore_errors=True)
         engine = Engine(model, tok, obj, splits, cfg, out, kind="throughput", progress=False)
         engine.run()
-        log = [r for r in map(json.loads, (out / "train_log.jsonl").read_text().splitlines()) if r["event"] == "step"]
+        log = [r for r in read_log(out) if r["event"] == "step"]
         timed = log[1:]  # the first step pays one-off allocation costs
         tok_s = sum(r["tokens"] - p["tokens"] for p, r in zip(log, timed)) / sum(r["seconds"] for r in timed)
         trainable = json.loads((out / "eval_summary.json").read_text())["trainable_params"]

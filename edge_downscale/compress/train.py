@@ -144,7 +144,7 @@ class TextSplits:
     validation: list[str]
 
 
-def load_splits(source: str | os.PathLike | TextSplits, *, max_train_bytes: int | None = None) -> TextSplits:
+def load_splits(source: str | os.PathLike | TextSplits) -> TextSplits:
     """A demo domain name (``docs``), a corpus directory (``data build`` output) or :class:`TextSplits`."""
     if isinstance(source, TextSplits):
         return source
@@ -157,13 +157,7 @@ def load_splits(source: str | os.PathLike | TextSplits, *, max_train_bytes: int 
                               f"({', '.join(sorted(DEMO_DOMAINS))}); build one with `edge-downscale data build`")
         path = demo_corpus(str(source))
     ds = load_corpus(path)
-    train, used = [], 0
-    for text in ds["train"]["text"]:
-        train.append(text)
-        used += len(text.encode())
-        if max_train_bytes and used >= max_train_bytes:
-            break
-    return TextSplits(name=str(source), train=train, validation=list(ds["validation"]["text"]))
+    return TextSplits(name=str(source), train=list(ds["train"]["text"]), validation=list(ds["validation"]["text"]))
 
 
 def pack(tokenizer, texts: Iterable[str], block: int, *, max_blocks: int | None = None) -> np.ndarray:
@@ -232,7 +226,8 @@ class Sampler:
     def peek(self, name: str, count: int) -> list[int]:
         """The next ``count`` block indices of ``name``'s permutation, without consuming them."""
         start, n = self.state["cursor"][name], self.sizes[name]
-        return [int(self._perm(name, (start + i) // n)[(start + i) % n]) for i in range(count)]
+        perms = {e: self._perm(name, e) for e in range(start // n, (start + count - 1) // n + 1)}  # each epoch once
+        return [int(perms[(start + i) // n][(start + i) % n]) for i in range(count)]
 
     def take(self, name: str, count: int) -> list[int]:
         out = self.peek(name, count)
