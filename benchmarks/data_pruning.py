@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edge_downscale._io import write_json_atomic  # noqa: E402
+from edge_downscale._io import write_result  # noqa: E402
 from edge_downscale.config import EvalConfig  # noqa: E402
 from edge_downscale.data import demo_corpus, load_corpus  # noqa: E402
 from edge_downscale.data.prune import PruneRecipe, parse_steps, prune_corpus, random_subset  # noqa: E402
@@ -169,7 +169,7 @@ def main(argv=None) -> int:
     throughput = markdown_table(trows)
     results["table_markdown"] = table
     results["throughput_markdown"] = throughput
-    write_json_atomic(args.out, results)
+    write_result(args.out, results)
     print(f"held-out bits-per-byte after {args.steps} steps of {args.batch}x{args.seq} tokens "
           f"(lr {args.lr}, recipe {args.recipe}, keep {args.keep}):\n")
     print(table)

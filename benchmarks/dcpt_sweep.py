@@ -23,7 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edge_downscale._io import cache_dir, write_json_atomic  # noqa: E402
+from edge_downscale._io import cache_dir, write_json_atomic, write_result  # noqa: E402
 from edge_downscale.compress.adapt import adapt  # noqa: E402
 from edge_downscale.compress.dcpt import analyse_dcpt, format_dcpt, load_dcpt_points, plot_dcpt  # noqa: E402
 from edge_downscale.compress.train import TrainConfig  # noqa: E402
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     report = analyse_dcpt(points)
     print("\n" + format_dcpt(report))
     plot_dcpt(points, report.domain, args.plot, general_fit=report.general)
-    write_json_atomic(args.json, {"model": args.model, "domain": args.domain, "replay": args.replay, "shares": shares,
+    write_result(args.json, {"model": args.model, "domain": args.domain, "replay": args.replay, "shares": shares,
                                   "budget": args.budget,
                                   "report": report.to_dict(), "seconds": round(time.perf_counter() - t0, 1),
                                   "command": "edge-downscale laws dcpt " + " ".join(runs)})

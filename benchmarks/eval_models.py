@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge_downscale import __version__  # noqa: E402
-from edge_downscale._io import write_json_atomic  # noqa: E402
+from edge_downscale._io import write_result  # noqa: E402
 from edge_downscale.config import EvalConfig  # noqa: E402
 from edge_downscale.eval import evaluate, markdown_table, open_backend  # noqa: E402
 
@@ -60,7 +60,7 @@ def main() -> None:
     print(markdown_table(rows))
     bytes_per_domain = {d: runs[0]["domains"][d]["bpb"]["n_bytes"] for d in domains} if runs else {}
     print(f"\nheld-out bytes per domain: {bytes_per_domain}; MC items per domain: {config.mc_items} (chance 0.25)")
-    write_json_atomic(args.out, {"version": __version__, "machine": platform.machine(), "python": platform.python_version(),
+    write_result(args.out, {"version": __version__, "machine": platform.machine(), "python": platform.python_version(),
                                  "cpu_count": os.cpu_count(), "runs": runs})
     print(f"wrote {args.out}")
 

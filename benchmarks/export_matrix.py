@@ -21,8 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-from edge_downscale import __version__  # noqa: E402
-from edge_downscale._io import write_json_atomic  # noqa: E402
+from edge_downscale._io import write_result  # noqa: E402
 from edge_downscale.eval import markdown_table  # noqa: E402
 from edge_downscale.export import export_model, source_directory  # noqa: E402
 
@@ -140,8 +139,7 @@ def main() -> None:
             speedups[q] = {"dense_tok_s": best[0], "student_tok_s": best[1], "speedup": best[1] / best[0]}
             print(f"{names[1]} vs {names[0]} greedy decode, GGUF {q}, best of 5 alternating: "
                   f"{best[1]:.1f} vs {best[0]:.1f} tok/s = {best[1] / best[0]:.2f}x", flush=True)
-    write_json_atomic(args.out, {"version": __version__, "cpu_count": os.cpu_count(), "rows": rows,
-                                 "student_decode_speedup": speedups})
+    write_result(args.out, {"rows": rows, "student_decode_speedup": speedups})
     print(f"wrote {args.out}")
 
 

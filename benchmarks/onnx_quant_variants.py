@@ -16,7 +16,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edge_downscale._io import write_json_atomic  # noqa: E402
+from edge_downscale._io import write_result  # noqa: E402
 from edge_downscale.config import EvalConfig  # noqa: E402
 from edge_downscale.eval import bits_per_byte, heldout_texts, markdown_table  # noqa: E402
 from edge_downscale.export import source_directory  # noqa: E402
@@ -36,7 +36,7 @@ def int8_with_embedding(src: Path, dst: Path) -> None:
     (dst / "model.onnx").unlink()
     exclude = _float_nodes(onnx.load(str(src / "model.onnx"), load_external_data=False), ("down_proj",))
     quantize_dynamic(str(src / "model.onnx"), str(dst / "model.onnx"), weight_type=QuantType.QInt8,
-                     per_channel=True, nodes_to_exclude=exclude)
+                     per_channel=True, reduce_range=True, nodes_to_exclude=exclude)
 
 
 def main() -> None:
@@ -48,7 +48,9 @@ def main() -> None:
     ref = bits_per_byte(TorchBackend.from_ref(str(src)), texts).bits_per_byte
     variants = {
         "fp32": lambda d: shutil.copytree(base, d),
-        "int8 default (MatMul only, down_proj float)": lambda d: quantize_onnx(base, d, "int8"),
+        "int8 default (MatMul only, down_proj float, 7-bit weights)": lambda d: quantize_onnx(base, d, "int8"),
+        "int8 full 8-bit weights (exact only on VNNI/AMX CPUs)": lambda d: quantize_onnx(base, d, "int8",
+                                                                                         reduce_range=False),
         "int8 MatMul only, down_proj quantised too": lambda d: quantize_onnx(base, d, "int8", keep_float=()),
         "int8 embedding quantised too (down_proj float)": lambda d: int8_with_embedding(base, d),
         "int4 default (symmetric, block 32)": lambda d: quantize_onnx(base, d, "int4"),
@@ -67,7 +69,7 @@ def main() -> None:
     print(f"\ntorch source: {ref:.4f} bits/byte on {sum(len(t.encode()) for t in texts)} held-out docs bytes\n")
     print(markdown_table([["variant", "bits/byte", "vs torch", "MB"]]
                          + [[r["variant"], f"{r['bpb']:.4f}", f"{r['delta']:+.2%}", f"{r['mb']:.1f}"] for r in rows]))
-    write_json_atomic(out, {"source_bpb": ref, "rows": rows})
+    write_result(out, {"source_bpb": ref, "rows": rows})
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from edge_downscale import __version__  # noqa: E402
-from edge_downscale._io import write_json_atomic  # noqa: E402
+from edge_downscale._io import write_result  # noqa: E402
 from edge_downscale.compress.prune import (  # noqa: E402
     PruneNetConfig, calibration_sequences, learn_policy, n_params, prune_, row_scores,
 )
@@ -141,7 +141,7 @@ def main() -> None:
               "timings": timings, "rows": rows, "metric": "bpb", "time_metric": "s_per_token", "points": points}
     if "prunenet" in methods and len(ratios) >= 3:
         result["laws"] = laws_report([p for p in points if p["method"] == "prunenet"], args.holdout)
-    write_json_atomic(args.out, result)
+    write_result(args.out, result)
     print(f"wrote {args.out}")
 
 

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from edge_downscale import __version__  # noqa: E402
-from edge_downscale._io import cache_dir, write_json_atomic  # noqa: E402
+from edge_downscale._io import cache_dir, write_json_atomic, write_result  # noqa: E402
 from edge_downscale.compress.adapt import adapt  # noqa: E402
 from edge_downscale.compress.distill import DistillConfig, distill  # noqa: E402
 from edge_downscale.compress.prune import prune_to_dirs  # noqa: E402
@@ -161,7 +161,7 @@ def main(argv=None) -> int:
         results["throughput"] = throughput(student, args.model, domains[0], base, max(1, args.throughput_steps))
         results["throughput_config"] = {"steps": args.throughput_steps, "domain": domains[0]}
     if args.throughput_only:
-        write_json_atomic(args.json, results)
+        write_result(args.json, results)
         return 0
 
     def run(kind, out, **kw):
@@ -211,7 +211,7 @@ def main(argv=None) -> int:
             mc = "-" if v.get("mc") is None else f"{v['mc']:.3f}"
             print(f"  ({k}) {ARMS[k]:32s} bpb {v['bpb']:.4f}  mc {mc}", flush=True)
         results["domains"][domain] = entry
-        write_json_atomic(args.json, results)
+        write_result(args.json, results)
 
     # -- tables ------------------------------------------------------------------------------------
     rows = [["domain"] + [f"({k}) {ARMS[k]}" for k in ARMS if k in args.arms] + ["adapted teacher"]]
@@ -235,7 +235,7 @@ def main(argv=None) -> int:
         print(markdown_table([["setting", "tokens/s", "trainable params"]] + [
             [r["setting"], f"{r['tokens_per_s']:.1f}", f"{r['trainable_params'] / 1e6:.1f}M"] for r in results["throughput"]]))
     results["seconds"] = round(time.perf_counter() - t_all, 1)
-    write_json_atomic(args.json, results)
+    write_result(args.json, results)
     print(f"\nwrote {args.json} ({results['seconds']:.0f} s)")
     return 0
 

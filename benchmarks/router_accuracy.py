@@ -23,7 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge_downscale import __version__  # noqa: E402
-from edge_downscale._io import write_json_atomic  # noqa: E402
+from edge_downscale._io import write_result  # noqa: E402
 from edge_downscale.eval import markdown_table  # noqa: E402
 from edge_downscale.runtime.router import evaluate_router, load_router, texts_by_domain, train_router  # noqa: E402
 
@@ -98,7 +98,7 @@ def main() -> None:
     print(table(result))
     print(f"\n1-minute load average before/after: {result['load_average_1min']['before']:.2f}/"
           f"{result['load_average_1min']['after']:.2f} on {os.cpu_count()} CPUs")
-    write_json_atomic(args.out, {"version": __version__, "machine": platform.machine(),
+    write_result(args.out, {"version": __version__, "machine": platform.machine(),
                                  "processor": platform.processor(), "python": platform.python_version(),
                                  "cpu_count": os.cpu_count(), **result})
     print(f"\nwrote {args.out}")

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from edge_downscale._io import cache_dir, write_json_atomic  # noqa: E402
+from edge_downscale._io import cache_dir, write_json_atomic, write_result  # noqa: E402
 from edge_downscale.data import DEMO_DOMAINS  # noqa: E402
 from edge_downscale.eval import markdown_table  # noqa: E402
 
@@ -255,7 +255,7 @@ def main() -> None:
     section = ensemble_section(results, quick=args.quick)
     print_section(section)
     print_choices(section["choices"])
-    write_json_atomic(args.out, results)
+    write_result(args.out, results)
     print(f"\nwrote {args.out}")
 
 

@@ -46,7 +46,7 @@ import numpy as np  # noqa: E402
 
 from _exports import artifact_bytes, artifact_file, cached_exports  # noqa: E402
 from edge_downscale import __version__  # noqa: E402
-from edge_downscale._io import write_json_atomic  # noqa: E402
+from edge_downscale._io import write_result  # noqa: E402
 from edge_downscale.eval import markdown_table  # noqa: E402
 
 MODEL = "smollm2-135m"
@@ -470,7 +470,7 @@ def main() -> None:
             print(f"note: {name}: greedy tokens differ between the two sides")
         if r["finish"] != "length":
             print(f"note: {name}: ours stopped at an end-of-turn token; both sides timed on {r['ours']['tokens']} tokens")
-    write_json_atomic(args.out, results)
+    write_result(args.out, results)
     print(f"\n{results['seconds']:.0f} s; wrote {args.out}")
 
 

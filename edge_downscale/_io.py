@@ -59,3 +59,10 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
+
+
+def write_result(path: str | os.PathLike, obj: dict) -> None:
+    """Write a measurement's JSON with the environment it ran on (``environment`` key) added."""
+    from ._env import environment
+
+    write_json_atomic(path, {**obj, "environment": environment()})

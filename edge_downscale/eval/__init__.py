@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from .._io import write_json_atomic
+from .._io import write_result
 from ..config import EvalConfig
 from ..errors import ConfigError, EvalError
 from ..runtime.base import Backend
@@ -140,4 +140,4 @@ def format_table(results: dict[str, Any]) -> str:
 
 
 def save_results(results: dict[str, Any], path: str | Path) -> None:
-    write_json_atomic(path, results)
+    write_result(path, results)

@@ -7,25 +7,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import importlib.metadata
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from .._env import library_versions
 from .._io import sha256_file, write_json_atomic
 from ..artifacts import MANIFEST, file_table, verify_manifest  # noqa: F401 (re-exported)
-
-_LIBRARIES = ("torch", "transformers", "gguf", "llama_cpp_python", "onnx", "onnxruntime", "optimum-onnx")
-
-
-def library_versions() -> dict[str, str]:
-    out = {"edge-downscale": __version__}
-    for name in _LIBRARIES:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return out
 
 
 def source_hash(model_dir: str | Path) -> str:

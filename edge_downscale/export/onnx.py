@@ -9,9 +9,9 @@ with :class:`edge_downscale.runtime.onnx.OnnxBackend`, without torch. Every outp
 atomically: a failed or refused export leaves nothing behind.
 
 Quantisations (``ONNX_QUANTS``):
-  int8  dynamic quantisation (``quantize_dynamic``): int8 per-channel weights, uint8 activations
-        quantised at run time (MatMulInteger). Also quantises the embedding table (one scale), which
-        a tied LM head then reads dequantised. ``down_proj`` stays float by default (``KEEP_FLOAT``).
+  int8  dynamic quantisation (``quantize_dynamic``) of the MatMuls: int8 per-channel weights in a
+        7-bit range (``reduce_range``, see ``REDUCE_RANGE``), uint8 activations quantised at run time.
+        ``down_proj`` and the embedding stay float by default (``KEEP_FLOAT``).
   int4  weight-only MatMulNBits, symmetric, one fp32 scale per ``block_size`` weights. A tied
         embedding / LM head stays fp32: the head reads the table through a Transpose, so the
         quantiser sees no constant weight there (on SmolLM2-135M: 113 MB of the 181 MB).
@@ -31,11 +31,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .. import __version__
+from .._env import library_versions
 from .._io import atomic_path
 from ..errors import EdgeDownscaleError, require
 from ..runtime.base import log_softmax
 from .errors import ExportError
-from .manifest import library_versions
 
 TASK = "text-generation-with-past"
 MODEL_FILE = "model.onnx"
@@ -45,6 +45,12 @@ ONNX_QUANTS = ("int8", "int4", "fp16")
 # and the FFN down-projection's input carries the outlier features of LLM.int8() (Dettmers et al. 2022):
 # on SmolLM2-135M quantising it costs +14.7% bits-per-byte (benchmarks/onnx_quant_variants.py). int4 is weight-only.
 KEEP_FLOAT: dict[str, tuple[str, ...]] = {"int8": ("down_proj",), "int4": ()}
+# int8 weights in [-64, 63] instead of [-127, 127]. onnxruntime's u8 x s8 kernels on x86 CPUs without
+# VNNI (AVX2, AVX-512F) add pairs of products with VPMADDUBSW, which saturates at 16 bits: a full-range
+# export that scores +1.4% on a VNNI or AMX machine scores +175% bits-per-byte on such a CPU
+# (benchmarks/int8_saturation.py runs both under an emulated AVX2-only CPU). 7-bit weights cannot
+# saturate: 2 x 255 x 64 < 2^15.
+REDUCE_RANGE = True
 # Copied verbatim from the source directory: the runtime reads tokenizer.json (+ configs for BOS/EOS).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "generation_config.json", "added_tokens.json")
@@ -162,12 +168,13 @@ def _torch_parity(src: Path, onnx_dir: Path, atol: float) -> dict[str, Any]:
 
 
 def quantize_onnx(src_dir: str | Path, dst_dir: str | Path, quant: str, *, block_size: int = 32,
-                  symmetric: bool = True, per_channel: bool = True, keep_float: Sequence[str] | None = None,
-                  overwrite: bool = False) -> Path:
+                  symmetric: bool = True, per_channel: bool = True, reduce_range: bool = REDUCE_RANGE,
+                  keep_float: Sequence[str] | None = None, overwrite: bool = False) -> Path:
     """Quantise an :func:`export_onnx` directory to ``quant`` (one of ``ONNX_QUANTS``); return ``dst_dir``.
 
     int4: ``block_size`` (a power of two >= 16) weights share one scale; ``symmetric`` (no zero point).
-    int8: ``per_channel`` weight scales. ``keep_float``: substrings of MatMul node names left in float
+    int8: ``per_channel`` weight scales; ``reduce_range`` 7-bit weights (exact on every x86 kernel;
+    ``False`` is only safe on CPUs with VNNI or AMX). ``keep_float``: substrings of MatMul node names left in float
     (int8/int4); the default keeps ``down_proj`` float for int8 only (see ``KEEP_FLOAT``).
     Config and tokenizer files are copied; ``export_info.json`` records the options and the drift of
     next-token log-probs from the source export on a fixed text (for fp16 only where the CPU runs it).
@@ -181,7 +188,7 @@ def quantize_onnx(src_dir: str | Path, dst_dir: str | Path, quant: str, *, block
         raise ExportError(f"{src} has no {MODEL_FILE}: export the model first with export_onnx")
     _check_target(dst, src, overwrite)
     keep_float = tuple(KEEP_FLOAT.get(quant, ()) if keep_float is None else keep_float)
-    kwargs = {"int8": {"per_channel": per_channel, "keep_float": keep_float},
+    kwargs = {"int8": {"per_channel": per_channel, "reduce_range": reduce_range, "keep_float": keep_float},
               "int4": {"block_size": block_size, "symmetric": symmetric, "keep_float": keep_float},
               "fp16": {}}[quant]
     t0 = time.perf_counter()
@@ -216,7 +223,8 @@ def _float_nodes(model, keep_float: Sequence[str]) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type == "MatMul" and any(k in n.name for k in keep_float)]
 
 
-def _quantize_int8(src: Path, dst: Path, *, large: bool, per_channel: bool, keep_float: Sequence[str]) -> int:
+def _quantize_int8(src: Path, dst: Path, *, large: bool, per_channel: bool, reduce_range: bool,
+                   keep_float: Sequence[str]) -> int:
     onnx = require("onnx", "export")
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -225,7 +233,7 @@ def _quantize_int8(src: Path, dst: Path, *, large: bool, per_channel: bool, keep
     # SmolLM2 +2.15% bits-per-byte vs +1.37% with it kept float (larger file: 302 vs 217 MB;
     # benchmarks/onnx_quant_variants.py).
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
-                     nodes_to_exclude=exclude, op_types_to_quantize=["MatMul"], use_external_data_format=large)
+                     reduce_range=reduce_range, nodes_to_exclude=exclude, op_types_to_quantize=["MatMul"], use_external_data_format=large)
     return len(exclude)
 
 

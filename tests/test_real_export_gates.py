@@ -1,0 +1,40 @@
+"""Every quantisation the README recommends passes its parity gate on the real model. CI runs these.
+
+The exports are the user's own commands (``edge-downscale export ...``) with the default gate on:
+a quantiser or kernel change that breaks an artifact fails here, not in a user's hands.
+"""
+import json
+
+import pytest
+from click.testing import CliRunner
+
+pytestmark = [pytest.mark.real, pytest.mark.slow]
+
+# format -> the quantisations the README recommends (GGUF: 8-bit and the default 4-bit type; ONNX: fp32, int8)
+RECOMMENDED = {"gguf": ("q8_0", "q4_k_m"), "onnx": ("fp32", "int8")}
+
+
+@pytest.mark.parametrize("fmt", sorted(RECOMMENDED))
+def test_recommended_exports_of_smollm2_pass_their_parity_gates(tmp_path, smollm2_gguf, fmt):
+    from edge_downscale.artifacts import verify_manifest
+    from edge_downscale.cli import cli
+    from edge_downscale.export.parity import DEFAULT_GATES
+
+    quants = RECOMMENDED[fmt]
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["export", "smollm2-135m", "--format", fmt, "--quant", ",".join(quants),
+                                   "--out", str(out)])
+    assert res.exit_code == 0, res.output  # a failed gate exits 2 with the gate's numbers
+    assert "FAILED" not in res.output
+    for q in quants:
+        manifest = verify_manifest(out / f"{fmt}-{q}")
+        parity = manifest["parity"]
+        max_delta, max_kl = DEFAULT_GATES[q]
+        assert parity["passed"], parity
+        assert parity["bpb_rel_delta"] <= max_delta and parity["mean_kl"] <= max_kl, parity
+        assert parity["n_bytes"] >= 5000 and parity["kl_tokens"] >= 1000, parity  # measured on real text
+        assert manifest["versions"]["edge-downscale"], manifest["versions"]
+    if fmt == "onnx":  # 7-bit int8 weights: no 16-bit saturation on x86 kernels without VNNI
+        info = json.loads((out / "onnx-int8" / "export_info.json").read_text())
+        assert info["quant_options"]["reduce_range"] is True, info["quant_options"]
+
