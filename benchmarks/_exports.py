@@ -67,3 +67,23 @@ def artifact_bytes(art: Path) -> int:
     """Bytes of the model's weights file(s), without tokenizer and configs."""
     return sum(p.stat().st_size for p in art.iterdir() if p.suffix in (".gguf", ".onnx", ".onnx_data")
                or p.name.endswith(".onnx_data"))
+
+
+def dynamic_int8(src: Path, dst: Path, *, reduce_range: bool, keep_float: Sequence[str] = ("down_proj",),
+                 op_types: Sequence[str] | None = ("MatMul",)) -> Path:
+    """The int8 recipe the exporter no longer uses, for comparison: onnxruntime's dynamic quantisation.
+
+    int8 per-channel weights (7-bit with ``reduce_range``), uint8 activations quantised per tensor at
+    run time (MatMulInteger); ``op_types=None`` quantises every op it can (the embedding Gather too).
+    """
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from edge_downscale.export.onnx import MODEL_FILE, _float_nodes
+
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(f"{MODEL_FILE}*"))
+    exclude = _float_nodes(onnx.load(str(src / MODEL_FILE), load_external_data=False), keep_float)
+    quantize_dynamic(str(src / MODEL_FILE), str(dst / MODEL_FILE), weight_type=QuantType.QInt8, per_channel=True,
+                     reduce_range=reduce_range, nodes_to_exclude=exclude,
+                     **({} if op_types is None else {"op_types_to_quantize": list(op_types)}))
+    return dst

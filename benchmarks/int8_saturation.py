@@ -1,14 +1,15 @@
-"""Why ONNX int8 uses 7-bit weights: full 8-bit weights saturate on x86 CPUs without VNNI.
+"""Why ONNX int8 is not dynamic quantisation: full-range int8 weights saturate on x86 CPUs without VNNI.
 
     .venv/bin/python benchmarks/int8_saturation.py       # ~5 min on 2 cores; needs qemu-user (apt-get install qemu-user)
 
 onnxruntime's uint8 x int8 MatMul kernels for AVX2 and AVX-512F (no VNNI) add pairs of byte products
 with VPMADDUBSW into 16 bits, which saturate when activations and weights are both large; VNNI and
 AMX kernels accumulate in 32 bits. The same int8 file can therefore score well on one machine and
-badly on another. This script exports SmolLM2-135M once, quantises it to int8 with full-range and
-with 7-bit weights, and scores all three files on the same held-out tokens twice: on this CPU, and
-under ``qemu-x86_64 -cpu max`` (an emulated CPU with AVX2 but no AVX-512 and no VNNI), where
-onnxruntime picks the VPMADDUBSW kernel. Writes results/int8_saturation.json.
+badly on another. This script exports SmolLM2-135M once, quantises it with dynamic int8 (full-range
+and 7-bit weights) and with the exporter's int8 (weight-only MatMulNBits, int8 compute), and scores
+every file on the same held-out tokens twice: on this CPU, and under ``qemu-x86_64 -cpu max`` (an
+emulated CPU with AVX2 but no AVX-512 and no VNNI), where onnxruntime picks its AVX2 kernels.
+Writes results/int8_saturation.json.
 """
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _exports import dynamic_int8  # noqa: E402
 from edge_downscale._io import write_result  # noqa: E402
 
 EMULATOR = ("qemu-x86_64", "-cpu", "max")
@@ -72,8 +75,9 @@ def main() -> None:
         text_file.write_text("\n\n".join(texts), encoding="utf-8")
         base = export_onnx(source_directory("smollm2-135m"), work / "fp32", validate=False)
         variants = {"fp32": base,
-                    "int8, full 8-bit weights": quantize_onnx(base, work / "int8-full", "int8", reduce_range=False),
-                    "int8, 7-bit weights (default)": quantize_onnx(base, work / "int8-7bit", "int8")}
+                    "dynamic int8, full 8-bit weights": dynamic_int8(base, work / "dyn-full", reduce_range=False),
+                    "dynamic int8, 7-bit weights": dynamic_int8(base, work / "dyn-7bit", reduce_range=True),
+                    "int8 (exporter default: weight-only, int8 compute)": quantize_onnx(base, work / "int8", "int8")}
         dirs = [str(d) for d in variants.values()]
         native = score(dirs, text_file.read_text(encoding="utf-8"), args.tokens)
         t0 = time.perf_counter()

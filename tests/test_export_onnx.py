@@ -104,10 +104,10 @@ def test_quantized_models_load_and_stay_close(quant, quantized, onnx_dir):
     onnx.checker.check_model(str(out / MODEL_FILE), full_check=True)
     model = onnx.load(str(out / MODEL_FILE))
     ops = {n.op_type for n in model.graph.node}
-    if quant == "int8":  # down_proj stays float by default (activation outliers), the rest is integer
-        assert "MatMulInteger" in ops
-        float_mm = {n.name for n in model.graph.node if n.op_type == "MatMul" and "/mlp/" in n.name}
-        assert float_mm == {f"/model/layers.{i}/mlp/down_proj/MatMul" for i in range(2)}
+    if quant == "int8":  # weight-only 8-bit on every projection, down_proj included; no dynamic quantisation
+        assert "MatMulInteger" not in ops and "DynamicQuantizeLinear" not in ops
+        assert not {n.name for n in model.graph.node if n.op_type == "MatMul" and "/mlp/" in n.name}
+        assert {a.i for n in model.graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"} == {8}
     elif quant == "int4":
         blocks = {a.i for n in model.graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "block_size"}
         assert blocks == {32}
@@ -133,13 +133,16 @@ def test_quant_options_are_honoured_and_logging_untouched(onnx_dir, tmp_path):
     assert (root.handlers, root.level) == (handlers, level)  # onnxruntime's basicConfig(INFO) did not leak
     model = onnx.load(str(out / MODEL_FILE))
     assert {a.i for n in model.graph.node for a in n.attribute if a.name == "block_size"} == {16}
-    kept = quantize_onnx(onnx_dir, tmp_path / "int8-all", "int8", keep_float=())  # nothing kept float
-    assert not any(n.op_type == "MatMul" and "/mlp/" in n.name for n in onnx.load(str(kept / MODEL_FILE)).graph.node)
-    assert json.loads((kept / INFO_FILE).read_text())["float_matmuls_kept"] == 0
-    for bad in (8, 48):
+    kept = quantize_onnx(onnx_dir, tmp_path / "int8-down", "int8", keep_float=("down_proj",))
+    nodes = onnx.load(str(kept / MODEL_FILE)).graph.node
+    assert all(n.op_type == "MatMul" for n in nodes if "/mlp/down_proj/" in n.name)  # kept float
+    assert {a.i for n in nodes if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"} == {8}
+    info = json.loads((kept / INFO_FILE).read_text())
+    assert info["float_matmuls_kept"] == 2 and info["quant_options"]["accuracy_level"] == 4  # the tiny model: 2 blocks
+    for quant, bad in (("int4", 8), ("int4", 48), ("int8", 24)):
         with pytest.raises(ExportError, match="power of two"):
-            quantize_onnx(onnx_dir, tmp_path / f"int4-b{bad}", "int4", block_size=bad)
-        assert not (tmp_path / f"int4-b{bad}").exists()
+            quantize_onnx(onnx_dir, tmp_path / f"{quant}-b{bad}", quant, block_size=bad)
+        assert not (tmp_path / f"{quant}-b{bad}").exists()
 
 
 def test_runtime_onnx_import_is_torch_free():

@@ -9,10 +9,10 @@ with :class:`edge_downscale.runtime.onnx.OnnxBackend`, without torch. Every outp
 atomically: a failed or refused export leaves nothing behind.
 
 Quantisations (``ONNX_QUANTS``):
-  int8  dynamic quantisation (``quantize_dynamic``) of the MatMuls: int8 per-channel weights in a
-        7-bit range (``reduce_range``, see ``REDUCE_RANGE``), uint8 activations quantised at run time.
-        ``down_proj`` and the embedding stay float by default (``KEEP_FLOAT``).
-  int4  weight-only MatMulNBits, symmetric, one fp32 scale per ``block_size`` weights. A tied
+  int8  weight-only MatMulNBits, 8 bits, symmetric, one fp32 scale per ``block_size`` weights, with
+        onnxruntime's int8 compute (``accuracy_level`` 4: activations quantised per block at run
+        time). See ``ACCURACY_LEVEL`` for why not dynamic (MatMulInteger) quantisation.
+  int4  weight-only MatMulNBits, 4 bits, symmetric, one fp32 scale per ``block_size`` weights. A tied
         embedding / LM head stays fp32: the head reads the table through a Transpose, so the
         quantiser sees no constant weight there (on SmolLM2-135M: 113 MB of the 181 MB).
   fp16  float16 weights and activations, for the CUDA execution provider (logits stay float32).
@@ -41,16 +41,15 @@ TASK = "text-generation-with-past"
 MODEL_FILE = "model.onnx"
 INFO_FILE = "export_info.json"
 ONNX_QUANTS = ("int8", "int4", "fp16")
-# MatMuls left in float by default. int8 quantises activations too (dynamically, one scale per tensor),
-# and the FFN down-projection's input carries the outlier features of LLM.int8() (Dettmers et al. 2022):
-# on SmolLM2-135M quantising it costs +14.7% bits-per-byte (benchmarks/onnx_quant_variants.py). int4 is weight-only.
-KEEP_FLOAT: dict[str, tuple[str, ...]] = {"int8": ("down_proj",), "int4": ()}
-# int8 weights in [-64, 63] instead of [-127, 127]. onnxruntime's u8 x s8 kernels on x86 CPUs without
-# VNNI (AVX2, AVX-512F) add pairs of products with VPMADDUBSW, which saturates at 16 bits: a full-range
-# export that scores +1.4% on a VNNI or AMX machine scores +175% bits-per-byte on such a CPU
-# (benchmarks/int8_saturation.py runs both under an emulated AVX2-only CPU). 7-bit weights cannot
-# saturate: 2 x 255 x 64 < 2^15.
-REDUCE_RANGE = True
+NBITS = {"int8": 8, "int4": 4}  # both integer types are weight-only MatMulNBits
+# MatMulNBits compute type (onnxruntime's accuracy_level; None = its default, float compute).
+# int8 with 8-bit compute is the only int8 recipe measured here that passes its gate, is faster than fp32
+# and scores the same on every x86 kernel (benchmarks/onnx_quant_variants.py, benchmarks/int8_saturation.py):
+# - dynamic quantisation (MatMulInteger, uint8 activations with one scale per tensor) misses the KL gate
+#   (0.060-0.072 vs 0.05: the hidden states' outlier channels, Dettmers et al. 2022), and its full-range
+#   int8 weights saturate in the VPMADDUBSW kernels of x86 CPUs without VNNI: +175% bits-per-byte there;
+# - 8-bit weights with float compute are exact but run at a tenth of fp32's decode speed.
+ACCURACY_LEVEL: dict[str, int | None] = {"int8": 4, "int4": None}
 # Copied verbatim from the source directory: the runtime reads tokenizer.json (+ configs for BOS/EOS).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "generation_config.json", "added_tokens.json")
@@ -168,29 +167,27 @@ def _torch_parity(src: Path, onnx_dir: Path, atol: float) -> dict[str, Any]:
 
 
 def quantize_onnx(src_dir: str | Path, dst_dir: str | Path, quant: str, *, block_size: int = 32,
-                  symmetric: bool = True, per_channel: bool = True, reduce_range: bool = REDUCE_RANGE,
-                  keep_float: Sequence[str] | None = None, overwrite: bool = False) -> Path:
+                  symmetric: bool = True, accuracy_level: int | None = None, keep_float: Sequence[str] = (),
+                  overwrite: bool = False) -> Path:
     """Quantise an :func:`export_onnx` directory to ``quant`` (one of ``ONNX_QUANTS``); return ``dst_dir``.
 
-    int4: ``block_size`` (a power of two >= 16) weights share one scale; ``symmetric`` (no zero point).
-    int8: ``per_channel`` weight scales; ``reduce_range`` 7-bit weights (exact on every x86 kernel;
-    ``False`` is only safe on CPUs with VNNI or AMX). ``keep_float``: substrings of MatMul node names left in float
-    (int8/int4); the default keeps ``down_proj`` float for int8 only (see ``KEEP_FLOAT``).
+    int8/int4: ``block_size`` (a power of two >= 16) weights share one scale; ``symmetric`` (no zero
+    point); ``accuracy_level`` onnxruntime's MatMulNBits compute type (default per type: ``ACCURACY_LEVEL``);
+    ``keep_float``: substrings of MatMul node names left in float.
     Config and tokenizer files are copied; ``export_info.json`` records the options and the drift of
     next-token log-probs from the source export on a fixed text (for fp16 only where the CPU runs it).
     """
     if quant not in ONNX_QUANTS:
         raise ExportError(f"unknown ONNX quantisation {quant!r}; available: {', '.join(ONNX_QUANTS)}")
-    if quant == "int4" and (block_size < 16 or block_size & (block_size - 1)):
-        raise ExportError(f"int4 block_size must be a power of two >= 16 (MatMulNBits), got {block_size}")
+    if quant in NBITS and (block_size < 16 or block_size & (block_size - 1)):
+        raise ExportError(f"{quant} block_size must be a power of two >= 16 (MatMulNBits), got {block_size}")
     src, dst = Path(src_dir), Path(dst_dir)
     if not (src / MODEL_FILE).is_file():
         raise ExportError(f"{src} has no {MODEL_FILE}: export the model first with export_onnx")
     _check_target(dst, src, overwrite)
-    keep_float = tuple(KEEP_FLOAT.get(quant, ()) if keep_float is None else keep_float)
-    kwargs = {"int8": {"per_channel": per_channel, "reduce_range": reduce_range, "keep_float": keep_float},
-              "int4": {"block_size": block_size, "symmetric": symmetric, "keep_float": keep_float},
-              "fp16": {}}[quant]
+    kwargs = {} if quant not in NBITS else {
+        "bits": NBITS[quant], "block_size": block_size, "symmetric": symmetric, "keep_float": tuple(keep_float),
+        "accuracy_level": ACCURACY_LEVEL[quant] if accuracy_level is None else accuracy_level}
     t0 = time.perf_counter()
     with atomic_path(dst) as tmp:
         tmp.mkdir()
@@ -223,22 +220,8 @@ def _float_nodes(model, keep_float: Sequence[str]) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type == "MatMul" and any(k in n.name for k in keep_float)]
 
 
-def _quantize_int8(src: Path, dst: Path, *, large: bool, per_channel: bool, reduce_range: bool,
-                   keep_float: Sequence[str]) -> int:
-    onnx = require("onnx", "export")
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    exclude = _float_nodes(onnx.load(str(src), load_external_data=False), keep_float)
-    # MatMuls only: the embedding lookup (Gather) would get one scale for the whole table, which costs
-    # SmolLM2 +2.15% bits-per-byte vs +1.37% with it kept float (larger file: 302 vs 217 MB;
-    # benchmarks/onnx_quant_variants.py).
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
-                     reduce_range=reduce_range, nodes_to_exclude=exclude, op_types_to_quantize=["MatMul"], use_external_data_format=large)
-    return len(exclude)
-
-
-def _quantize_int4(src: Path, dst: Path, *, large: bool, block_size: int, symmetric: bool,
-                   keep_float: Sequence[str]) -> int:
+def _quantize_nbits(src: Path, dst: Path, *, large: bool, bits: int, block_size: int, symmetric: bool,
+                    accuracy_level: int | None, keep_float: Sequence[str]) -> int:
     onnx = require("onnx", "export")
     require("onnx_ir", "export")  # onnxruntime's MatMulNBits quantiser imports it; onnxruntime does not declare it
     from onnxruntime.quantization import QuantFormat
@@ -246,9 +229,10 @@ def _quantize_int4(src: Path, dst: Path, *, large: bool, block_size: int, symmet
 
     model = onnx.load(str(src))
     exclude = _float_nodes(model, keep_float)
-    quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=block_size, is_symmetric=symmetric,
+    extra = {} if accuracy_level is None else {"accuracy_level": accuracy_level}
+    quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=symmetric,
                                      nodes_to_exclude=exclude, quant_format=QuantFormat.QOperator,
-                                     op_types_to_quantize=("MatMul",))
+                                     op_types_to_quantize=("MatMul",), **extra)
     quantizer.process()
     quantizer.model.save_model_to_file(str(dst), use_external_data_format=large)
     return len(exclude)
@@ -269,7 +253,7 @@ def _quantize_fp16(src: Path, dst: Path, *, large: bool) -> int:
     return 0
 
 
-_QUANTIZERS: dict[str, Callable[..., int]] = {"int8": _quantize_int8, "int4": _quantize_int4, "fp16": _quantize_fp16}
+_QUANTIZERS: dict[str, Callable[..., int]] = {"int8": _quantize_nbits, "int4": _quantize_nbits, "fp16": _quantize_fp16}
 
 
 def _onnx_drift(src: Path, dst: Path, quant: str) -> dict[str, Any] | None:
