@@ -22,6 +22,7 @@ from edge_downscale.eval import bits_per_byte, heldout_texts, markdown_table  # 
 from edge_downscale.export import source_directory  # noqa: E402
 from edge_downscale.export.onnx import export_onnx, onnx_bytes, quantize_onnx  # noqa: E402
 from edge_downscale.models.torch_backend import TorchBackend  # noqa: E402
+from edge_downscale.artifacts import model_file  # noqa: E402
 from edge_downscale.runtime.onnx import OnnxBackend  # noqa: E402
 
 
@@ -33,9 +34,9 @@ def int8_with_embedding(src: Path, dst: Path) -> None:
     from edge_downscale.export.onnx import _float_nodes
 
     shutil.copytree(src, dst)
-    (dst / "model.onnx").unlink()
-    exclude = _float_nodes(onnx.load(str(src / "model.onnx"), load_external_data=False), ("down_proj",))
-    quantize_dynamic(str(src / "model.onnx"), str(dst / "model.onnx"), weight_type=QuantType.QInt8,
+    model_file(dst).unlink()
+    exclude = _float_nodes(onnx.load(str(model_file(src)), load_external_data=False), ("down_proj",))
+    quantize_dynamic(str(model_file(src)), str(model_file(dst, "onnx")), weight_type=QuantType.QInt8,
                      per_channel=True, reduce_range=True, nodes_to_exclude=exclude)
 
 

@@ -6,7 +6,7 @@ def test_runtime_import_leaves_torch_and_transformers_unimported():
     code = (
         "import sys, edge_downscale.runtime, edge_downscale.runtime.llamacpp, edge_downscale.eval.bpb, "
         "edge_downscale.eval.mc, edge_downscale.runtime.router, edge_downscale.runtime.onnx, "
-        "edge_downscale.runtime.ensemble, edge_downscale.runtime.strategies, edge_downscale.runtime.bundle, "
+        "edge_downscale.runtime.ensemble, edge_downscale.runtime.strategies, edge_downscale.runtime.gguf_file, "
         "edge_downscale.runtime.generation, edge_downscale.artifacts\n"
         "heavy = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
         "print(','.join(heavy))"

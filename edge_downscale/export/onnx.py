@@ -33,12 +33,13 @@ import numpy as np
 from .. import __version__
 from .._env import library_versions
 from .._io import atomic_path
+from ..artifacts import MODEL_FILES
 from ..errors import EdgeDownscaleError, require
 from ..runtime.base import log_softmax
 from .errors import ExportError
 
 TASK = "text-generation-with-past"
-MODEL_FILE = "model.onnx"
+MODEL_FILE = MODEL_FILES["onnx"]
 INFO_FILE = "export_info.json"
 ONNX_QUANTS = ("int8", "int4", "fp16")
 # MatMuls left in float by default. int8 quantises activations too (dynamically, one scale per tensor),
