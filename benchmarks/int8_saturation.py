@@ -70,7 +70,7 @@ def main() -> None:
     try:
         text_file = work / "text.txt"
         text_file.write_text("\n\n".join(texts), encoding="utf-8")
-        base = export_onnx(source_directory("smollm2-135m"), work / "fp32", validate=False)
+        base = export_onnx(source_directory("smollm2-135m"), work / "fp32")
         variants = {"fp32": base,
                     "int8, full 8-bit weights": quantize_onnx(base, work / "int8-full", "int8", reduce_range=False),
                     "int8, 7-bit weights (default)": quantize_onnx(base, work / "int8-7bit", "int8")}

@@ -45,7 +45,7 @@ def main() -> None:
     texts, _ = heldout_texts("docs", EvalConfig(max_bytes=6000))
     src = source_directory("smollm2-135m")
     work = Path(tempfile.mkdtemp(prefix="onnx-variants-"))
-    base = export_onnx(src, work / "fp32", validate=False)
+    base = export_onnx(src, work / "fp32")
     ref = bits_per_byte(TorchBackend.from_ref(str(src)), texts).bits_per_byte
     variants = {
         "fp32": lambda d: shutil.copytree(base, d),

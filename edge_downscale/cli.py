@@ -592,9 +592,13 @@ def _generation_options(f):
     return f
 
 
-def _gen_kwargs(kw) -> dict:
-    return dict(max_tokens=kw["max_tokens"], temperature=kw["temperature"], top_k=kw["top_k"], top_p=kw["top_p"],
-                stop=kw["stop"], seed=kw["seed"], overflow=kw["overflow"])
+def _generation_config(kw):
+    """The GenerationConfig of the ``_generation_options`` flags (one flag per config field)."""
+    import dataclasses
+
+    from .runtime.generation import GenerationConfig
+
+    return GenerationConfig.from_dict({f.name: kw[f.name] for f in dataclasses.fields(GenerationConfig)})
 
 
 def _load_ensemble(bundle_path, strategy_options):
@@ -626,11 +630,11 @@ def _usage_line(resp) -> str:
 def _stream(ens, prompt, kw, as_json: bool):
     """Print a response (streamed unless --json); return it."""
     if as_json:
-        resp = ens.generate(prompt, **_gen_kwargs(kw))
+        resp = ens.generate(prompt, _generation_config(kw))
         _echo_json(resp.to_dict())
         return resp
     resp = None
-    for chunk in ens.generate(prompt, stream=True, **_gen_kwargs(kw)):
+    for chunk in ens.generate(prompt, _generation_config(kw), stream=True):
         if chunk.restart:
             click.echo("\n[a member failed mid-answer; restarting with the next one]", err=True)
         if chunk.text:

@@ -125,7 +125,7 @@ def export_model(model: str | Path, config: ExportConfig, *, log=print) -> list[
         else:
             from .onnx import export_onnx
 
-            base = export_onnx(src, work / "onnx-fp32", validate=False)
+            base = export_onnx(src, work / "onnx-fp32")
         log(f"exported {fmt} in {time.perf_counter() - t0:.1f} s")
         for q in config.quants:
             art = tmp / f"{fmt}-{q}"
