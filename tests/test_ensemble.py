@@ -309,3 +309,19 @@ def test_long_chat_drops_oldest_messages_first(exports):
         assert "Be brief." in text and "last question" in text  # system and newest kept, oldest gone
         with pytest.raises(ContextOverflowError):
             b.prompt_ids(messages, max_tokens=16, overflow="error")
+
+
+def test_bundle_config_validates_and_round_trips(tmp_path):
+    cfg = BundleConfig(out=tmp_path / "b", members=[{"name": "a", "path": tmp_path, "domain": "code"}],
+                       strategy="cascade", calibrate_corpora=["code"], router_corpora={"code": tmp_path})
+    assert cfg.out == str(tmp_path / "b") and cfg.members[0]["path"] == str(tmp_path)
+    assert cfg.calibrate_corpora == ("code",) and cfg.router_corpora == {"code": str(tmp_path)}
+    assert BundleConfig.from_json(cfg.to_json()) == cfg
+    with pytest.raises(ConfigError, match="at least one member"):
+        BundleConfig(out="b")
+    with pytest.raises(ConfigError, match="unknown strategy 'best'"):
+        BundleConfig(out="b", members=[{"name": "a", "path": "x"}], strategy="best")
+    with pytest.raises(ConfigError, match="target_acceptance"):
+        BundleConfig(out="b", members=[{"name": "a", "path": "x"}], target_acceptance=1.5)
+    with pytest.raises(ConfigError, match="unknown key"):
+        BundleConfig.from_dict({"out": "b", "members": [{"name": "a", "path": "x"}], "router_texts": {}})
