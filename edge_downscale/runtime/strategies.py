@@ -258,7 +258,7 @@ class CascadeStrategy(Strategy):
         if values is None or len(values) < len(self.levels) - 1:
             raise BundleError(f"the cascade has no calibrated {kind} thresholds for {len(self.levels)} levels; "
                               "calibrate it (edge_downscale.bundle.calibrate_cascade or "
-                              "edge-downscale bundle build --calibrate)")
+                              "edge-downscale bundle build --calibrate-corpus)")
         return float(values[level])
 
     def _run(self, kind: str, fn, confidence) -> tuple[int, str, Any, list[dict], list[dict]]:
