@@ -73,7 +73,7 @@ def main() -> None:
     try:
         text_file = work / "text.txt"
         text_file.write_text("\n\n".join(texts), encoding="utf-8")
-        base = export_onnx(source_directory("smollm2-135m"), work / "fp32", validate=False)
+        base = export_onnx(source_directory("smollm2-135m"), work / "fp32")
         variants = {"fp32": base,
                     "dynamic int8, full 8-bit weights": dynamic_int8(base, work / "dyn-full", reduce_range=False),
                     "dynamic int8, 7-bit weights": dynamic_int8(base, work / "dyn-7bit", reduce_range=True),

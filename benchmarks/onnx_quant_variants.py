@@ -36,7 +36,7 @@ def main() -> None:
     texts, _ = heldout_texts("docs", EvalConfig(max_bytes=6000))
     src = source_directory("smollm2-135m")
     work = Path(tempfile.mkdtemp(prefix="onnx-variants-"))
-    base = export_onnx(src, work / "fp32", validate=False)
+    base = export_onnx(src, work / "fp32")
     source = TorchBackend.from_ref(str(src), context_length=512)
     variants = {  # name -> (gate type, how to make it)
         "fp32": ("fp32", lambda d: shutil.copytree(base, d)),

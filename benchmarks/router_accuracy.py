@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from edge_downscale import __version__  # noqa: E402
 from edge_downscale._io import write_result  # noqa: E402
 from edge_downscale.eval import markdown_table  # noqa: E402
-from edge_downscale.runtime.router import evaluate_router, load_router, texts_by_domain, train_router  # noqa: E402
+from edge_downscale.bundle import evaluate_router, texts_by_domain, train_router  # noqa: E402
+from edge_downscale.runtime.router import load_router  # noqa: E402
 
 GRANULARITIES: dict[str, int | None] = {"documents": None, "chunks-1000": 1000, "chunks-200": 200}
 

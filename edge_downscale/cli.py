@@ -233,7 +233,7 @@ def eval_cmd(model, domains, backend, json_out, max_bytes, mc_items, max_length,
 @click.option("--quant", "quants", required=True,
               help="Comma-separated. gguf: f32,f16,q8_0,q6_k,q5_k_m,q4_k_m,q4_0; onnx: fp32,int8,int4,fp16.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
-@click.option("--domain", default="docs", show_default=True, help="Held-out text the parity gate scores on.")
+@click.option("--domain", default=None, help="Held-out text the parity gate scores on (default docs).")
 @click.option("--no-verify", is_flag=True, help="Skip the parity gate (not recommended).")
 @click.option("--allow-degraded", is_flag=True, help="Keep exports that miss their parity gate (numbers still recorded).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
@@ -243,11 +243,13 @@ def export_cmd(model, fmt, quants, out_dir, domain, no_verify, allow_degraded, o
     Every artifact is scored against the source on held-out text (bits-per-byte and KL divergence)
     and gets a model.json manifest with the sha256 of every file. Nothing is left behind on failure.
     """
-    from .export import export_model
+    from .export import ExportConfig, export_model
 
-    manifests = export_model(model, out_dir, format=fmt, quants=quants, verify=not no_verify,
-                             allow_degraded=allow_degraded, domain=domain, overwrite=overwrite,
-                             log=lambda m: click.echo(m, err=True))
+    given = {"domain": domain}
+    config = ExportConfig(out_dir=out_dir, format=fmt, quants=quants, verify=not no_verify,
+                          allow_degraded=allow_degraded, overwrite=overwrite,
+                          **{k: v for k, v in given.items() if v is not None})
+    manifests = export_model(model, config, log=lambda m: click.echo(m, err=True))
     for m in manifests:
         click.echo(f"{out_dir}/{m['format']}-{m['quantization']}: {m['total_bytes'] / 1e6:.1f} MB")
 
@@ -528,7 +530,7 @@ def bundle_build(out, member_args, strategy, router_corpora, router_kind, min_co
       edge-downscale bundle build bundle/ --member code=exports/code/gguf-q4_k_m:code \
           --member legal=exports/legal/gguf-q4_k_m:legal --router-corpus code=code --router-corpus legal=legal
     """
-    from .runtime.bundle import build_bundle, calibration_data
+    from .bundle import BundleConfig, build_bundle
 
     members = []
     for name, rest in _key_values(member_args, "NAME=EXPORT_DIR[:DOMAIN]").items():
@@ -540,18 +542,14 @@ def bundle_build(out, member_args, strategy, router_corpora, router_kind, min_co
         if target is None or not opt:
             raise click.BadParameter(f"--member-option {key!r}: expected NAME.KEY with NAME a member")
         target.setdefault("options", {})[opt] = _option_value(value)
-    router_texts = None
-    if router_corpora:
-        from .runtime.router import texts_by_domain
-
-        router_texts = texts_by_domain(_key_values(router_corpora, "DOMAIN=CORPUS"), "train")
-    calibration = calibration_data(calibrate_corpora) if calibrate_corpora else None
-    strategy_options = {k: _option_value(v) for k, v in _key_values(options, "KEY=VALUE").items()}
-    router_options = {"min_confidence": min_confidence, "fallback": fallback}
-    path = build_bundle(out, members, strategy=strategy, strategy_options=strategy_options, router_texts=router_texts,
-                        router_kind=router_kind, router_options=router_options, memory_budget_mb=memory_budget_mb,
-                        grid_g_per_kwh=grid_g_per_kwh, calibration=calibration, target_acceptance=target_acceptance,
-                        log=lambda m: click.echo(m, err=True))
+    config = BundleConfig(
+        out=out, members=members, strategy=strategy,
+        strategy_options={k: _option_value(v) for k, v in _key_values(options, "KEY=VALUE").items()},
+        router_corpora=_key_values(router_corpora, "DOMAIN=CORPUS"), router_kind=router_kind,
+        router_options={"min_confidence": min_confidence, "fallback": fallback},
+        calibrate_corpora=tuple(calibrate_corpora), target_acceptance=target_acceptance,
+        memory_budget_mb=memory_budget_mb, grid_g_per_kwh=grid_g_per_kwh)
+    path = build_bundle(config, log=lambda m: click.echo(m, err=True))
     click.echo(str(path))
 
 
@@ -594,9 +592,13 @@ def _generation_options(f):
     return f
 
 
-def _gen_kwargs(kw) -> dict:
-    return dict(max_tokens=kw["max_tokens"], temperature=kw["temperature"], top_k=kw["top_k"], top_p=kw["top_p"],
-                stop=kw["stop"], seed=kw["seed"], overflow=kw["overflow"])
+def _generation_config(kw):
+    """The GenerationConfig of the ``_generation_options`` flags (one flag per config field)."""
+    import dataclasses
+
+    from .runtime.generation import GenerationConfig
+
+    return GenerationConfig.from_dict({f.name: kw[f.name] for f in dataclasses.fields(GenerationConfig)})
 
 
 def _load_ensemble(bundle_path, strategy_options):
@@ -628,11 +630,11 @@ def _usage_line(resp) -> str:
 def _stream(ens, prompt, kw, as_json: bool):
     """Print a response (streamed unless --json); return it."""
     if as_json:
-        resp = ens.generate(prompt, **_gen_kwargs(kw))
+        resp = ens.generate(prompt, _generation_config(kw))
         _echo_json(resp.to_dict())
         return resp
     resp = None
-    for chunk in ens.generate(prompt, stream=True, **_gen_kwargs(kw)):
+    for chunk in ens.generate(prompt, _generation_config(kw), stream=True):
         if chunk.restart:
             click.echo("\n[a member failed mid-answer; restarting with the next one]", err=True)
         if chunk.text:

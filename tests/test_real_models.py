@@ -34,7 +34,7 @@ def llama_smollm2(smollm2_gguf):
 
 
 def test_smollm2_pull_is_verified_and_dequantised_for_torch(smollm2_gguf, torch_smollm2):
-    from edge_downscale.models import check_gguf
+    from edge_downscale.runtime.gguf_file import check_gguf
 
     info = check_gguf(smollm2_gguf)
     assert info.architecture == "llama" and info.file_type == "Q4_1"
