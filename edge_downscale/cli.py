@@ -462,7 +462,7 @@ def laws_dcpt(sources, budget, max_general_increase, plot_out, json_out):
     or training-run directories (run.json with "domain_share", train_log.jsonl with eval lines).
     """
     from ._io import write_json_atomic
-    from .compress.dcpt import analyse_dcpt, format_dcpt, load_dcpt_points, plot_dcpt
+    from .compress.laws import analyse_dcpt, format_dcpt, load_dcpt_points, plot_dcpt
 
     report = analyse_dcpt(load_dcpt_points(sources), budget, max_general_increase)
     click.echo(format_dcpt(report))

@@ -1,6 +1,6 @@
 """Domain-continual pretraining: keep training a causal LM on a domain corpus, optionally mixed
 with a general "replay" corpus so it does not forget (D-CPT law, Que et al. 2024: the domain
-share r of the mixture trades domain loss against general loss; ``compress.dcpt`` fits the law
+share r of the mixture trades domain loss against general loss; ``compress.laws.dcpt`` fits the law
 and proposes r).
 
 ``adapt`` is the LM objective on the shared engine (``compress.train``): full fine-tuning, the FFNs
