@@ -1,4 +1,6 @@
-"""Training settings and errors: :class:`TrainConfig` (shared by ``adapt`` and ``distill``), the LR schedule."""
+"""Training settings: :class:`TrainConfig` (shared by ``adapt`` and ``distill``), :class:`DistillConfig`
+(the KD objective), the errors, the LR schedule. No heavy imports: the CLI reads its defaults here.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -6,11 +8,13 @@ import math
 from typing import Any
 
 from ...config import StageConfig, check, check_int
-from ...errors import EdgeDownscaleError
+from ...errors import ConfigError, EdgeDownscaleError
 
 TRAIN_MODES = ("ffn", "all", "lora")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
+DIVERGENCES = ("forward", "reverse", "jsd")
+CURRICULA = ("none", "divergence")
 
 
 class TrainingError(EdgeDownscaleError):
@@ -94,3 +98,42 @@ def lr_at(step: int, config: TrainConfig) -> float:
     floor = config.lr * config.min_lr_ratio
     return floor + (config.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
+
+
+@dataclasses.dataclass
+class DistillConfig(StageConfig):
+    """The distillation objective. Defaults follow shared/research/prunenet-and-laws.md (tau = 2).
+
+    The teacher's top-k logits are cached by default (``cache_topk``); the reverse KL, the JSD and
+    hidden-state alignment need the live teacher: set ``cache_topk=0`` for them.
+    """
+
+    stage = "distill"
+    alpha: float = 0.5  # weight of the hard-label cross-entropy
+    tau: float = 2.0
+    divergence: str = "forward"  # forward | reverse | jsd
+    beta: float = 0.5  # the JSD's mixture weight
+    hidden_weight: float = 0.0  # weight of the hidden-state MSE between matched layers (0 = off)
+    cache_topk: int = 64  # cache the teacher's top-k logits once (0 = run the teacher live every step)
+    curriculum: str = "none"  # none | divergence (student-aware ordering, see KDObjective.on_step)
+    curriculum_every: int = 10  # steps per curriculum phase
+    curriculum_pool: float = 2.0  # candidates scored per block trained on
+    quiz_blocks: int = 8  # held-out (validation) blocks the curriculum watches
+
+    def validate(self) -> None:
+        check(0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1], got {self.alpha}")
+        check(self.tau > 0, f"tau must be > 0, got {self.tau}")
+        check(self.divergence in DIVERGENCES, f"divergence must be one of {', '.join(DIVERGENCES)}")
+        check(0.0 < self.beta < 1.0, "beta must be in (0, 1)")
+        check(self.hidden_weight >= 0, "hidden_weight must be >= 0")
+        check_int(self, "cache_topk", 0)
+        check(self.curriculum in CURRICULA, f"curriculum must be one of {', '.join(CURRICULA)}")
+        check_int(self, "curriculum_every", 1)
+        check(self.curriculum_pool >= 1.0, "curriculum_pool must be >= 1")
+        check_int(self, "quiz_blocks", 1)
+        if self.cache_topk and self.divergence != "forward":
+            raise ConfigError(f"a cached top-k teacher (cache_topk {self.cache_topk}) supports the forward KL only: "
+                              "use divergence 'forward' or run the teacher live (cache_topk 0, --cache-topk 0)")
+        if self.cache_topk and self.hidden_weight:
+            raise ConfigError("hidden-state alignment needs the live teacher: set cache_topk 0 (--cache-topk 0) "
+                              "or hidden_weight 0")
