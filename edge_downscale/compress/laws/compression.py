@@ -89,7 +89,8 @@ class LawPoint(FilePoint):
             raise LawFitError(f"'method' must be a string, got {self.method!r}")
 
 
-def _as_points(points: Iterable[LawPoint | dict]) -> list[LawPoint]:
+def as_points(points: Iterable[LawPoint | dict]) -> list[LawPoint]:
+    """Points as :class:`LawPoint` (dicts in the file form are parsed); at least one."""
     pts = [p if isinstance(p, LawPoint) else LawPoint.from_dict(p) for p in points]
     if not pts:
         raise LawFitError("no points: give at least one measured compressed model per ratio")
@@ -238,7 +239,7 @@ def fit_quality_law(points: Iterable[LawPoint], metric: str = "bpb", higher_is_b
     - all points at one L0: alpha is fit together with the constant; predictions need that same L0;
     - r must take at least two values (beta is what the law is for).
     """
-    pts = _as_points(points)
+    pts = as_points(points)
     if tokens_unit <= 0:
         raise LawFitError(f"tokens_unit must be positive, got {tokens_unit:g}")
     r = np.array([p.r for p in pts])
@@ -356,7 +357,7 @@ class RuntimeLawFit:
 def fit_runtime_law(points: Iterable[LawPoint], metric: str = "s_per_token",
                     higher_is_better: bool | None = None) -> RuntimeLawFit:
     """Fit log(T/T0) = delta log(1+r) (through the origin: at r = 0, T = T0) on the points with times."""
-    pts = [p for p in _as_points(points) if p.T is not None]
+    pts = [p for p in as_points(points) if p.T is not None]
     if not pts:
         raise LawFitError("no point has runtimes: add 'dense_time' and 'time' to the points")
     b = np.log1p([p.r for p in pts])
@@ -451,7 +452,7 @@ class HoldoutResult:
 
 def holdout_check(points: Iterable[LawPoint], holdout_ratio: float, *, tokens_unit: float = 1.0) -> HoldoutResult:
     """Fit on every point not at ``holdout_ratio`` and predict the ones that are (relative errors)."""
-    pts = _as_points(points)
+    pts = as_points(points)
     held = [p for p in pts if math.isclose(p.r, holdout_ratio, abs_tol=1e-9)]
     rest = [p for p in pts if not math.isclose(p.r, holdout_ratio, abs_tol=1e-9)]
     if not held:

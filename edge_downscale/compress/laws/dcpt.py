@@ -164,7 +164,7 @@ def save_dcpt_points(points: Iterable[DcptPoint], path: str | Path) -> None:
 
 
 # ----------------------------------------------------------------------------- the law
-_PARAMS = ("E", "B", "C", "eta", "beta", "gamma")
+PARAMS = ("E", "B", "C", "eta", "beta", "gamma")  # the law's parameters, in report order
 _LOG = ("B", "C")  # fitted as logs: their size follows the loss scale and tokens_unit
 _BOUNDS = {"E": (0.0, np.inf), "B": (-30.0, 30.0), "C": (-30.0, 30.0),
            "eta": (0.0, 4.0), "beta": (0.0, 3.0), "gamma": (0.0, 4.0)}
@@ -217,7 +217,7 @@ class DcptFit:
     notes: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def params(self) -> dict[str, float | None]:
-        return {name: getattr(self, name) for name in _PARAMS}
+        return {name: getattr(self, name) for name in PARAMS}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -232,7 +232,8 @@ class DcptFit:
         return fit
 
 
-def _loss_of(p: DcptPoint, target: str) -> float | None:
+def loss_of(p: DcptPoint, target: str) -> float | None:
+    """The point's domain or general loss (None when the general loss was not measured)."""
     return p.loss if target == "domain" else p.general_loss
 
 
@@ -251,13 +252,13 @@ def fit_dcpt(points: Iterable[DcptPoint], target: str = "domain", *, eps: float 
     check(target in ("domain", "general"), f"target must be 'domain' or 'general', got {target!r}")
     check(0 < eps < 1, f"eps must be in (0, 1), got {eps}")
     pts = [p if isinstance(p, DcptPoint) else DcptPoint.from_dict(p) for p in points]
-    pts = [p for p in pts if _loss_of(p, target) is not None]
+    pts = [p for p in pts if loss_of(p, target) is not None]
     if not pts:
         raise LawFitError(f"no point has a {target} loss" + ("; add general_loss (replay_val_loss)"
                                                               if target == "general" else ""))
     D = np.array([p.D for p in pts])
     r = np.array([p.r for p in pts])
-    y = np.array([_loss_of(p, target) for p in pts])
+    y = np.array([loss_of(p, target) for p in pts])
     if tokens_unit is None:
         tokens_unit = 10.0 ** round(float(np.mean(np.log10(D))))
     check(tokens_unit > 0, f"tokens_unit must be positive, got {tokens_unit}")
@@ -267,13 +268,13 @@ def fit_dcpt(points: Iterable[DcptPoint], target: str = "domain", *, eps: float 
     one_r, one_D = np.ptp(r) <= 1e-12, np.ptp(D) <= 1e-9 * D.max()
     if one_r and one_D:
         raise LawFitError(f"every point is at D={D[0]:g}, r={r[0]:g}: measure several budgets and shares")
-    active = [n for n in _PARAMS if not (one_r and n in ("eta", "C", "gamma")) and not (one_D and n == "beta")]
+    active = [n for n in PARAMS if not (one_r and n in ("eta", "C", "gamma")) and not (one_D and n == "beta")]
     if len(pts) < len(active):
         raise LawFitError(f"{len(pts)} point(s) with a {target} loss for {len(active)} free parameters "
                           f"({', '.join(active)}): add measured points (more budgets D or shares r)")
 
     def unpack(v: np.ndarray) -> dict[str, float | None]:
-        p = dict.fromkeys(_PARAMS)
+        p = dict.fromkeys(PARAMS)
         for name, value in zip(active, v):
             p[name] = math.exp(value) if name in _LOG else float(value)
         return p
@@ -287,7 +288,7 @@ def fit_dcpt(points: Iterable[DcptPoint], target: str = "domain", *, eps: float 
     floor = 1e-6 * float(y.mean())  # B, C start here when the linear step sets them to 0 (their logs must exist)
     best = None
     for start in itertools.product(*(_STARTS[n] for n in exps)):
-        p = dict.fromkeys(_PARAMS) | dict(zip(exps, start)) | {"E": 1.0, "B": 1.0, "C": 1.0 if "C" in active else None}
+        p = dict.fromkeys(PARAMS) | dict(zip(exps, start)) | {"E": 1.0, "B": 1.0, "C": 1.0 if "C" in active else None}
         cols = [np.ones_like(y), _law(p | {"E": 0.0, "C": None}, x, d, eps)]  # (n,) each: 1, the B term, the C term
         if "C" in active:
             cols.append(_law(p | {"E": 0.0, "B": 0.0}, x, d, eps))

@@ -12,14 +12,13 @@ from ...config import StageConfig, check
 from ...errors import LawFitError, require
 from .common import fmt, save_figure
 from .compression import (
-    CriticalRatio, HoldoutResult, LawPoint, QualityLawFit, Results, RuntimeLawFit, _as_points, critical_ratio,
+    CriticalRatio, HoldoutResult, LawPoint, QualityLawFit, Results, RuntimeLawFit, as_points, critical_ratio,
     fit_quality_law, fit_runtime_law, holdout_check, predict, select_method, with_dense_points,
 )
-from .dcpt import _PARAMS, DEFAULT_EPS, DcptFit, DcptPoint, _loss_of, fit_dcpt, predict_dcpt, propose_share
+from .dcpt import DEFAULT_EPS, PARAMS, DcptFit, DcptPoint, loss_of, fit_dcpt, predict_dcpt, propose_share
 
 
 # ----------------------------------------------------------------------------- compression laws
-# ----------------------------------------------------------------------------- stage
 @dataclasses.dataclass
 class LawsConfig(StageConfig):
     """Settings of ``laws fit``.
@@ -67,7 +66,7 @@ class LawsReport:
 def analyse(results: Results, config: LawsConfig | None = None) -> LawsReport:
     """Fit both laws to one method's points; critical ratio for each dense value; holdout checks."""
     config = config or LawsConfig()
-    points = select_method(_as_points(results.points), config.method)
+    points = select_method(as_points(results.points), config.method)
     if config.include_dense:
         points = with_dense_points(points)
     unit = config.tokens_unit or results.tokens_unit
@@ -117,7 +116,7 @@ def plot_fit(points: Iterable[LawPoint], fit: QualityLawFit, runtime_fit: Runtim
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: no global backend state
     from matplotlib.figure import Figure
 
-    pts = _as_points(points)
+    pts = as_points(points)
     timed = [p for p in pts if p.T is not None]
     ncols = 2 if runtime_fit is not None and timed else 1
     fig = Figure(figsize=(5.5 * ncols, 4.2))
@@ -213,11 +212,11 @@ def format_dcpt(report: DcptReport) -> str:
              f"D in [{dom.D_range[0]:.3g}, {dom.D_range[1]:.3g}] tokens",
              f"L(D, r) = E + B r^eta / D^beta + C / (r + eps)^gamma   (D in units of {dom.tokens_unit:g} tokens, "
              f"eps = {dom.eps:g} fixed; the general law uses 1 - r)",
-             f"{'':9}" + "".join(f"{name:>10}" for name in (*_PARAMS, "rmse", "R^2")) + f"{'points':>8}"]
+             f"{'':9}" + "".join(f"{name:>10}" for name in (*PARAMS, "rmse", "R^2")) + f"{'points':>8}"]
     for fit in (dom, gen):
         if fit is None:
             continue
-        values = [fmt(getattr(fit, n), ".4g") for n in _PARAMS] + [fmt(fit.rmse, ".4g"), fmt(fit.r2, ".4f")]
+        values = [fmt(getattr(fit, n), ".4g") for n in PARAMS] + [fmt(fit.rmse, ".4g"), fmt(fit.r2, ".4f")]
         lines.append(f"{fit.target:<9}" + "".join(f"{v:>10}" for v in values) + f"{fit.n_points:>8}")
     for fit in (dom, gen):
         grouped: dict[str, list[str]] = {}  # one line per distinct note, naming every parameter it is about
@@ -248,14 +247,14 @@ def plot_dcpt(points: Iterable[DcptPoint], fit: DcptFit, path: str | Path, *,
     FigureCanvasAgg(fig)
     for k, f in enumerate(fits, 1):
         ax = fig.add_subplot(1, len(fits), k)
-        mine = [p for p in pts if _loss_of(p, f.target) is not None]
+        mine = [p for p in pts if loss_of(p, f.target) is not None]
         shares = sorted({p.r for p in mine})
         lo, hi = f.D_range
         grid = np.geomspace(lo / 1.5, hi * 1.5, 100) if f.fixed_D is None else np.array([f.fixed_D])
         for i, r in enumerate(shares):
             color = f"C{i % 10}"
             sel = [p for p in mine if p.r == r]
-            ax.scatter([p.D for p in sel], [_loss_of(p, f.target) for p in sel], color=color, s=16,
+            ax.scatter([p.D for p in sel], [loss_of(p, f.target) for p in sel], color=color, s=16,
                        label=f"r={r:g}" if len(shares) <= 12 else None)
             ax.plot(grid, np.broadcast_to(predict_dcpt(f, grid, r), grid.shape), color=color, lw=1.2,
                     marker="x" if grid.size == 1 else None)
