@@ -12,6 +12,8 @@ import sys
 import click
 
 from . import __version__
+from .compress.prune import METHODS, PruneConfig, PruneNetConfig
+from .compress.train.config import CURRICULA, DEVICES, DIVERGENCES, PRECISIONS, TRAIN_MODES, DistillConfig, TrainConfig
 from .errors import EdgeDownscaleError
 
 
@@ -263,20 +265,22 @@ def _ratios(value: str) -> list[float]:
 
 @cli.command("prune", short_help="Structured FFN pruning, one model per ratio.")
 @click.argument("model")
-@click.option("--ratios", default="0.2,0.3,0.5", show_default=True,
+@click.option("--ratios", default=",".join(f"{r:g}" for r in PruneConfig.ratios), show_default=True,
               help="Fractions of each FFN's width to remove, comma-separated; one model per ratio.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Output directory: r0.20/ ... (HF model dirs), policy/, summary.json.")
-@click.option("--method", type=click.Choice(["prunenet", "random", "magnitude", "activation"]), default="prunenet",
+@click.option("--method", type=click.Choice(METHODS), default=PruneConfig.method,
               show_default=True, help="prunenet/random/magnitude need no data; activation calibrates on --calib-domain.")
 @click.option("--policy", "policy_dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="Reuse a learned PruneNet policy directory instead of learning one.")
-@click.option("--train-ratio", type=float, default=0.4, show_default=True, help="Ratio the policy is learned at.")
-@click.option("--episodes", type=int, default=20, show_default=True, help="REINFORCE episodes.")
-@click.option("--multiple", type=int, default=64, show_default=True, help="Round kept FFN widths to this.")
-@click.option("--calib-domain", default="docs", show_default=True, help="Calibration text for --method activation.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="Policy learning device: auto, cpu, cuda.")
+@click.option("--train-ratio", type=float, default=PruneNetConfig.train_ratio, show_default=True,
+              help="Ratio the policy is learned at.")
+@click.option("--episodes", type=int, default=PruneNetConfig.episodes, show_default=True, help="REINFORCE episodes.")
+@click.option("--multiple", type=int, default=PruneConfig.multiple, show_default=True, help="Round kept FFN widths to this.")
+@click.option("--calib-domain", default=PruneConfig.calib_domain, show_default=True,
+              help="Calibration text for --method activation.")
+@click.option("--seed", type=int, default=PruneConfig.seed, show_default=True)
+@click.option("--device", default=PruneNetConfig.device, show_default=True, help="Policy learning device: auto, cpu, cuda.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def prune_cmd(model, ratios, out_dir, method, policy_dir, train_ratio, episodes, multiple, calib_domain, seed,
@@ -286,12 +290,12 @@ def prune_cmd(model, ratios, out_dir, method, policy_dir, train_ratio, episodes,
     The outputs are standard HF directories (safetensors + tokenizer) that transformers loads
     without this library, each with a pruning_report.json.
     """
-    from .compress.prune import PruneNetConfig, prune_to_dirs
+    from .compress.prune import prune_to_dirs
 
-    config = PruneNetConfig(train_ratio=train_ratio, episodes=episodes, multiple=multiple, seed=seed, device=device)
-    summary = prune_to_dirs(model, _ratios(ratios), out_dir, method=method, policy_dir=policy_dir, config=config,
-                            calib_domain=calib_domain, multiple=multiple, seed=seed, overwrite=overwrite,
-                            progress=not quiet)
+    policy = PruneNetConfig(train_ratio=train_ratio, episodes=episodes, multiple=multiple, seed=seed, device=device)
+    config = PruneConfig(out_dir=out_dir, ratios=tuple(_ratios(ratios)), method=method, policy_dir=policy_dir,
+                         prunenet=policy, calib_domain=calib_domain, multiple=multiple, seed=seed, overwrite=overwrite)
+    summary = prune_to_dirs(model, config, progress=not quiet)
     for name, o in summary["outputs"].items():
         click.echo(f"{out_dir}/{name}: FFN width {o['kept_width']}, {o['params_after']:,} parameters "
                    f"(-{o['param_reduction']:.1%}), mean spectrum KS {o['mean_ks']:.3f}")
@@ -310,25 +314,29 @@ def _train_options(f):
     options = [
         click.option("--domain", required=True, help="Domain corpus: a demo domain (code, docs, legal) or a `data build` directory."),
         click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory."),
-        click.option("--tokens", "token_budget", type=int, default=65536, show_default=True, help="Training token budget (domain + replay)."),
-        click.option("--seq-len", type=int, default=256, show_default=True, help="Tokens per training sequence."),
-        click.option("--batch-size", type=int, default=8, show_default=True, help="Sequences per optimizer step."),
-        click.option("--micro-batch", type=int, default=0, show_default=True, help="Sequences per forward pass (gradient accumulation); 0 = batch size."),
-        click.option("--lr", type=float, default=2e-4, show_default=True, help="Peak learning rate (linear warm-up, cosine decay)."),
-        click.option("--train", "train_mode", type=click.Choice(["ffn", "all", "lora"]), default="ffn", show_default=True,
+        click.option("--tokens", "token_budget", type=int, default=TrainConfig.token_budget, show_default=True,
+                     help="Training token budget (domain + replay)."),
+        click.option("--seq-len", type=int, default=TrainConfig.seq_len, show_default=True, help="Tokens per training sequence."),
+        click.option("--batch-size", type=int, default=TrainConfig.batch_size, show_default=True, help="Sequences per optimizer step."),
+        click.option("--micro-batch", type=int, default=TrainConfig.micro_batch, show_default=True,
+                     help="Sequences per forward pass (gradient accumulation); 0 = batch size."),
+        click.option("--lr", type=float, default=TrainConfig.lr, show_default=True, help="Peak learning rate (linear warm-up, cosine decay)."),
+        click.option("--train", "train_mode", type=click.Choice(TRAIN_MODES), default=TrainConfig.train, show_default=True,
                      help="What trains: the FFNs only (what pruning changed; ~1.5x faster on CPU), all weights, or LoRA adapters (merged when saved)."),
-        click.option("--lora-rank", type=int, default=16, show_default=True),
+        click.option("--lora-rank", type=int, default=TrainConfig.lora_rank, show_default=True),
         click.option("--replay", default=None, help="General corpus mixed in to prevent forgetting (a demo domain or corpus directory)."),
-        click.option("--domain-share", type=float, default=1.0, show_default=True,
+        click.option("--domain-share", type=float, default=TrainConfig.domain_share, show_default=True,
                      help="Share r of domain tokens in the mixture; < 1 needs --replay. `laws dcpt` proposes one."),
-        click.option("--eval-every", type=int, default=0, show_default=True, help="Validation loss every N steps (0 = start and end)."),
-        click.option("--checkpoint-every", type=int, default=50, show_default=True, help="Checkpoint every N steps (0 = never)."),
+        click.option("--eval-every", type=int, default=TrainConfig.eval_every, show_default=True,
+                     help="Validation loss every N steps (0 = start and end)."),
+        click.option("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every, show_default=True,
+                     help="Checkpoint every N steps (0 = never)."),
         click.option("--keep-checkpoints", is_flag=True, help="Keep the checkpoints after a finished run."),
         click.option("--resume", is_flag=True, help="Continue the run in OUT from its last checkpoint (same settings only)."),
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
-        click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+        click.option("--device", type=click.Choice(DEVICES), default=TrainConfig.device, show_default=True),
+        click.option("--precision", type=click.Choice(PRECISIONS), default=TrainConfig.precision, show_default=True,
                      help="auto = bf16 on a CUDA GPU that supports it, else fp32."),
-        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--seed", type=int, default=TrainConfig.seed, show_default=True),
         click.option("--quiet", is_flag=True, help="No progress bar."),
     ]
     for option in reversed(options):
@@ -336,14 +344,13 @@ def _train_options(f):
     return f
 
 
-def _train_config(kw: dict):
-    from .compress.train import TrainConfig
+# TrainConfig fields that `adapt`/`distill` options set under the same name (--train sets `train`).
+_TRAIN_FIELDS = ("token_budget", "seq_len", "batch_size", "micro_batch", "lr", "lora_rank", "domain_share", "eval_every",
+                 "checkpoint_every", "keep_checkpoints", "device", "precision", "seed")
 
-    return TrainConfig(token_budget=kw["token_budget"], seq_len=kw["seq_len"], batch_size=kw["batch_size"],
-                       micro_batch=kw["micro_batch"], lr=kw["lr"], train=kw["train_mode"], lora_rank=kw["lora_rank"],
-                       domain_share=kw["domain_share"], eval_every=kw["eval_every"],
-                       checkpoint_every=kw["checkpoint_every"], keep_checkpoints=kw["keep_checkpoints"],
-                       device=kw["device"], precision=kw["precision"], seed=kw["seed"])
+
+def _train_config(kw: dict) -> TrainConfig:
+    return TrainConfig(train=kw["train_mode"], **{name: kw[name] for name in _TRAIN_FIELDS})
 
 
 def _report_training(summary: dict, out_dir: str) -> None:
@@ -372,15 +379,15 @@ def adapt_cmd(model, **kw):
 @cli.command("distill", short_help="Knowledge distillation teacher -> student on a domain.", epilog=_TRAIN_EPILOG)
 @click.option("--teacher", required=True, help="Teacher: a name, HF directory or GGUF (best: one adapted to the domain).")
 @click.option("--student", required=True, help="Student: e.g. a pruned HF directory from `edge-downscale prune`.")
-@click.option("--alpha", type=float, default=0.5, show_default=True, help="Weight of the hard-label cross-entropy.")
-@click.option("--tau", type=float, default=2.0, show_default=True, help="Softmax temperature of the soft targets.")
-@click.option("--divergence", type=click.Choice(["forward", "reverse", "jsd"]), default="forward", show_default=True,
+@click.option("--alpha", type=float, default=DistillConfig.alpha, show_default=True, help="Weight of the hard-label cross-entropy.")
+@click.option("--tau", type=float, default=DistillConfig.tau, show_default=True, help="Softmax temperature of the soft targets.")
+@click.option("--divergence", type=click.Choice(DIVERGENCES), default=DistillConfig.divergence, show_default=True,
               help="KL(teacher||student), KL(student||teacher) or the generalised JSD (GKD).")
-@click.option("--hidden-weight", type=float, default=0.0, show_default=True,
+@click.option("--hidden-weight", type=float, default=DistillConfig.hidden_weight, show_default=True,
               help="Weight of the hidden-state MSE between matched layers (needs the live teacher).")
-@click.option("--cache-topk", type=int, default=64, show_default=True,
+@click.option("--cache-topk", type=int, default=DistillConfig.cache_topk, show_default=True,
               help="Cache the teacher's top-k logits once instead of running it every step (0 = live teacher).")
-@click.option("--curriculum", type=click.Choice(["none", "divergence"]), default="none", show_default=True,
+@click.option("--curriculum", type=click.Choice(CURRICULA), default=DistillConfig.curriculum, show_default=True,
               help="divergence: train each phase on the blocks where the student lags the teacher most.")
 @_train_options
 def distill_cmd(teacher, student, alpha, tau, divergence, hidden_weight, cache_topk, curriculum, **kw):
@@ -389,7 +396,7 @@ def distill_cmd(teacher, student, alpha, tau, divergence, hidden_weight, cache_t
     Teacher and student must share a tokenizer. The research (shared/research) says: adapt the
     teacher to the domain first (`edge-downscale adapt`), then distil with tau = 2.
     """
-    from .compress.distill import DistillConfig, distill
+    from .compress.distill import distill
 
     if cache_topk and (divergence != "forward" or hidden_weight):
         cache_topk = 0  # reverse KL, JSD and hidden states need the live teacher
@@ -464,7 +471,7 @@ def laws_dcpt(sources, budget, max_general_increase, plot_out, json_out):
     or training-run directories (run.json with "domain_share", train_log.jsonl with eval lines).
     """
     from ._io import write_json_atomic
-    from .compress.dcpt import analyse_dcpt, format_dcpt, load_dcpt_points, plot_dcpt
+    from .compress.laws import analyse_dcpt, format_dcpt, load_dcpt_points, plot_dcpt
 
     report = analyse_dcpt(load_dcpt_points(sources), budget, max_general_increase)
     click.echo(format_dcpt(report))

@@ -119,11 +119,13 @@ def test_smollm2_chat_template_and_stop_strings(llama_smollm2):
 def test_recovery_training_on_smollm2_pruned_student(tmp_path, smollm2_gguf):
     """The real chain at a tiny budget: prune SmolLM2 30% (random rows), distil from the dense teacher
     with the cached top-k teacher, and check the student learned on held-out text of its domain."""
-    from edge_downscale.compress.distill import DistillConfig, distill
-    from edge_downscale.compress.prune import prune_to_dirs
-    from edge_downscale.compress.train import TrainConfig, read_log
+    from edge_downscale.compress.distill import distill
+    from edge_downscale.compress.prune import PruneConfig, prune_to_dirs
+    from edge_downscale.compress.train.checkpoints import read_log
+    from edge_downscale.compress.train.config import DistillConfig, TrainConfig
 
-    prune_to_dirs(str(smollm2_gguf), [0.3], tmp_path / "pruned", method="random", progress=False)
+    prune_to_dirs(str(smollm2_gguf), PruneConfig(out_dir=tmp_path / "pruned", ratios=(0.3,), method="random"),
+                  progress=False)
     config = TrainConfig(token_budget=6 * 4 * 64, seq_len=64, batch_size=4, lr=5e-4, eval_tokens=1040,
                          checkpoint_every=0)
     summary = distill(str(smollm2_gguf), str(tmp_path / "pruned" / "r0.30"), "docs", tmp_path / "student",
