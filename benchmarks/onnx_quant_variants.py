@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge_downscale._io import write_result  # noqa: E402
 from edge_downscale.config import EvalConfig  # noqa: E402
-from edge_downscale.eval import bits_per_byte, heldout_texts, markdown_table  # noqa: E402
+from edge_downscale.data import heldout_texts  # noqa: E402
+from edge_downscale.eval import bits_per_byte, markdown_table  # noqa: E402
 from edge_downscale.export import source_directory  # noqa: E402
 from edge_downscale.export.onnx import export_onnx, onnx_bytes, quantize_onnx  # noqa: E402
 from edge_downscale.models.torch_backend import TorchBackend  # noqa: E402

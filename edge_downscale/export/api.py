@@ -75,7 +75,7 @@ def export_model(model: str | Path, out_dir: str | Path, *, format: str, quants:
                  overwrite: bool = False, log=print) -> list[dict[str, Any]]:
     """Export ``model`` to ``format`` at each quantisation; returns the manifests."""
     from ..config import EvalConfig
-    from ..eval import heldout_texts
+    from ..data import heldout_texts
     from ..models.torch_backend import TorchBackend
 
     names = parse_quants(format, quants)

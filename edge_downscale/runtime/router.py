@@ -609,10 +609,9 @@ def texts_by_domain(corpus_dirs: Mapping[str, str | Path], split: str) -> dict[s
     """``{domain: texts of split}`` for built corpora (directories from ``edge-downscale data build``).
 
     A value that is a demo domain's name (``"code"``) is that demo corpus, built into the cache on
-    first use, as everywhere else in the library (:func:`edge_downscale.eval.corpus_dir`).
+    first use, as everywhere else in the library (:func:`edge_downscale.data.resolve_corpus`).
     """
-    from ..data import iter_texts
-    from ..eval import corpus_dir
+    from ..data import iter_texts, resolve_corpus
 
-    return {domain: [t for t in iter_texts(corpus_dir(str(path)), split) if t]
+    return {domain: [t for t in iter_texts(resolve_corpus(str(path)), split) if t]
             for domain, path in corpus_dirs.items()}
