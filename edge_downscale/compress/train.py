@@ -41,7 +41,7 @@ import numpy as np
 from .. import __version__
 from .._io import atomic_path, write_json_atomic
 from ..config import StageConfig, check, check_int
-from ..errors import ConfigError, CorpusError, EdgeDownscaleError, require
+from ..errors import ConfigError, EdgeDownscaleError, require
 
 TRAIN_MODES = ("all", "ffn", "lora")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
