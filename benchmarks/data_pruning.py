@@ -45,9 +45,9 @@ sys.path.insert(0, str(ROOT))
 
 from edge_downscale._io import write_result  # noqa: E402
 from edge_downscale.config import EvalConfig  # noqa: E402
-from edge_downscale.data import demo_corpus, load_corpus  # noqa: E402
+from edge_downscale.data import demo_corpus, heldout_texts, load_corpus  # noqa: E402
 from edge_downscale.data.prune import PruneRecipe, parse_steps, prune_corpus, random_subset  # noqa: E402
-from edge_downscale.eval import bits_per_byte, heldout_texts, markdown_table  # noqa: E402
+from edge_downscale.eval import bits_per_byte, markdown_table  # noqa: E402
 
 
 def train_variant(model, tok, texts: list[str], validation: list[str], args, work: Path) -> dict:

@@ -62,7 +62,8 @@ def main() -> None:
         return
 
     from edge_downscale.config import EvalConfig
-    from edge_downscale.eval import heldout_texts, markdown_table
+    from edge_downscale.data import heldout_texts
+    from edge_downscale.eval import markdown_table
     from edge_downscale.export import source_directory
     from edge_downscale.export.onnx import export_onnx, quantize_onnx
 

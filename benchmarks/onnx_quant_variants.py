@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _exports import dynamic_int8  # noqa: E402
 from edge_downscale._io import write_result  # noqa: E402
 from edge_downscale.config import EvalConfig  # noqa: E402
-from edge_downscale.eval import heldout_texts, markdown_table  # noqa: E402
+from edge_downscale.data import heldout_texts  # noqa: E402
+from edge_downscale.eval import markdown_table  # noqa: E402
 from edge_downscale.export import source_directory  # noqa: E402
 from edge_downscale.export.onnx import export_onnx, onnx_bytes, quantize_onnx  # noqa: E402
 from edge_downscale.export.parity import check_parity  # noqa: E402

@@ -48,6 +48,7 @@ from edge_downscale.compress.train.config import DistillConfig, TrainConfig  # n
 from edge_downscale.compress.train.engine import Engine, LMObjective  # noqa: E402
 from edge_downscale.compress.train.packing import load_splits  # noqa: E402
 from edge_downscale.config import EvalConfig  # noqa: E402
+from edge_downscale.data import heldout_by_domain  # noqa: E402
 from edge_downscale.eval import evaluate, markdown_table  # noqa: E402
 from edge_downscale.models import load_torch, resolve  # noqa: E402
 from edge_downscale.models.torch_backend import TorchBackend  # noqa: E402
@@ -64,7 +65,8 @@ ARMS = {
 
 def score(model_dir, domain: str, config: EvalConfig) -> dict:
     model, tok, _ = load_torch(str(model_dir))
-    res = evaluate(TorchBackend(model, tok, context_length=config.max_length), [domain], config, progress=False)
+    res = evaluate(TorchBackend(model, tok, context_length=config.max_length), heldout_by_domain([domain], config), config,
+                   progress=False)
     r = res["domains"][domain]
     return {"bpb": r["bpb"]["bits_per_byte"], "mc": (r.get("mc") or {}).get("accuracy")}
 

@@ -39,7 +39,7 @@ def measure(domains: Sequence[str] = ("code", "docs", "legal"), kinds: Sequence[
     ``options`` go to :func:`train_router` (feature and classifier options). Each router is saved and
     reloaded before evaluation, so the figures are those of the pickle-free bundle state.
     """
-    corpora = {d: d for d in domains}  # demo domain names: texts_by_domain builds/loads them via corpus_dir
+    corpora = {d: d for d in domains}  # demo domain names: texts_by_domain builds/loads them via resolve_corpus
     train = texts_by_domain(corpora, "train")
     heldout = {s: texts_by_domain(corpora, s) for s in splits}
     data = {s: {d: {"documents": len(t), "chars": sum(map(len, t))} for d, t in texts.items()}

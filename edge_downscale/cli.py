@@ -160,7 +160,7 @@ def data_prune(in_dir, out_dir, keep, steps, reference, student, band, target, t
     """Prune the train split of corpus IN_DIR (or a demo domain) into a new corpus OUT.
 
     Dedup steps drop what they drop; the score-based steps share the cut down to --keep. OUT also
-    gets prune_report.json, decisions.jsonl and PNG histograms; IN_DIR is never modified.
+    gets data_prune_report.json, decisions.jsonl and PNG histograms; IN_DIR is never modified.
     """
     from .data.prune import PruneRecipe, parse_steps, prune_corpus
 
@@ -188,7 +188,7 @@ def data_prune(in_dir, out_dir, keep, steps, reference, student, band, target, t
                    f"({s['docs_per_second'] or 0:.1f} docs/s)")
     unit = "tokens" if "tokens" in b else "bytes"
     click.echo(f"documents {b['documents']} -> {a['documents']}, {unit} {b[unit]:,} -> {a[unit]:,}; "
-               f"wrote {out_dir} (prune_report.json, decisions.jsonl)")
+               f"wrote {out_dir} (data_prune_report.json, decisions.jsonl)")
 
 
 # ----------------------------------------------------------------------------- eval
@@ -211,7 +211,9 @@ def eval_cmd(model, domains, backend, json_out, max_bytes, mc_items, max_length,
     MODEL is a registered name (see `models list`) or a path; held-out text is the test split.
     """
     from .config import EvalConfig
-    from .eval import evaluate, format_table, open_backend, save_results
+    from .data import heldout_by_domain
+    from .eval import evaluate, format_table, save_results
+    from .models import open_backend
 
     overrides = {k: v for k, v in dict(max_bytes=max_bytes, mc_items=mc_items, max_length=max_length,
                                         stride=stride, split=split).items() if v is not None}
@@ -220,7 +222,7 @@ def eval_cmd(model, domains, backend, json_out, max_bytes, mc_items, max_length,
     if not names:
         raise click.BadParameter("give at least one domain", param_hint="--domains")
     with open_backend(model, backend, context_length=max(config.max_length, 512), device=device) as b:
-        results = evaluate(b, names, config, progress=not quiet, model_name=model)
+        results = evaluate(b, heldout_by_domain(names, config), config, progress=not quiet, model_name=model)
     click.echo(f"{model} ({backend})")
     click.echo(format_table(results))
     if json_out:

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.real
 def heldout_docs_text():
     """Held-out (test split) reference prose of the `docs` demo domain, ~8 KB."""
     from edge_downscale.config import EvalConfig
-    from edge_downscale.eval import heldout_texts
+    from edge_downscale.data import heldout_texts
 
     texts, _ = heldout_texts("docs", EvalConfig(max_bytes=8000))
     return texts
@@ -63,9 +63,11 @@ def test_real_model_on_python_source(llama_smollm2):
 
 def test_multiple_choice_is_well_above_chance(llama_smollm2):
     from edge_downscale.config import EvalConfig
+    from edge_downscale.data import heldout_by_domain
     from edge_downscale.eval import evaluate
 
-    res = evaluate(llama_smollm2, ["docs"], EvalConfig(max_bytes=2000, mc_items=30), progress=False)
+    config = EvalConfig(max_bytes=2000, mc_items=30)
+    res = evaluate(llama_smollm2, heldout_by_domain(["docs"], config), config, progress=False)
     mc = res["domains"]["docs"]["mc"]
     assert mc["n_items"] == 30
     assert mc["accuracy"] >= 0.5, mc  # chance is 0.25

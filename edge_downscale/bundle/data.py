@@ -1,16 +1,14 @@
 """Texts a bundle is built from: router training corpora and held-out cascade calibration data.
 
-The one place in :mod:`edge_downscale.bundle` that reads corpora (through ``eval.corpus_dir`` and
-``data.iter_texts`` for now; ``data.resolve_corpus`` / ``data.heldout_texts`` replace them once they exist).
+The one place in :mod:`edge_downscale.bundle` that reads corpora (through ``data.resolve_corpus``).
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..data import iter_texts
+from ..data import iter_texts, resolve_corpus
 from ..errors import ConfigError
-from ..eval import corpus_dir
 from ..eval.mc import build_items
 
 
@@ -20,7 +18,7 @@ def texts_by_domain(corpus_dirs: Mapping[str, str | Path], split: str) -> dict[s
     A value that is a demo domain's name (``"code"``) is that demo corpus, built into the cache on
     first use, as everywhere else in the library.
     """
-    return {domain: [t for t in iter_texts(corpus_dir(str(path)), split) if t]
+    return {domain: [t for t in iter_texts(resolve_corpus(str(path)), split) if t]
             for domain, path in corpus_dirs.items()}
 
 

@@ -96,7 +96,7 @@ def _tokenizer_info(model_dir: Path) -> dict[str, Any]:
 
 def export_model(model: str | Path, config: ExportConfig, *, log=print) -> list[dict[str, Any]]:
     """Export ``model`` as ``config`` says, one gated artifact per quantisation; returns the manifests."""
-    from ..eval import heldout_texts
+    from ..data import heldout_texts
     from ..models.torch_backend import TorchBackend
 
     fmt = config.format

@@ -88,11 +88,10 @@ def save_pruned(model, tokenizer, out_dir: str | Path, report: dict[str, Any], *
 
 def calibration_sequences(tokenizer, domain: str = "docs", *, n: int = 16, length: int = 256) -> list[list[int]]:
     """``n`` token sequences of exactly ``length`` tokens from a corpus's *train* split (for 'activation')."""
-    from ...eval import corpus_dir
-    from ...data import load_corpus
+    from ...data import load_corpus, resolve_corpus
 
     ids: list[int] = []
-    for text in load_corpus(corpus_dir(domain))["train"]["text"]:
+    for text in load_corpus(resolve_corpus(domain))["train"]["text"]:
         ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
         if len(ids) >= n * length:
             break

@@ -4,12 +4,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
-from ...errors import CorpusError
 from .config import TrainConfig, TrainingError
 
 
@@ -26,15 +24,9 @@ def load_splits(source: str | os.PathLike | TextSplits) -> TextSplits:
     """A demo domain name (``docs``), a corpus directory (``data build`` output) or :class:`TextSplits`."""
     if isinstance(source, TextSplits):
         return source
-    from ...data import DEMO_DOMAINS, demo_corpus, load_corpus
+    from ...data import load_corpus, resolve_corpus
 
-    path = Path(source)
-    if not path.exists():
-        if str(source) not in DEMO_DOMAINS:
-            raise CorpusError(f"{source}: neither a corpus directory nor a demo domain "
-                              f"({', '.join(sorted(DEMO_DOMAINS))}); build one with `edge-downscale data build`")
-        path = demo_corpus(str(source))
-    ds = load_corpus(path)
+    ds = load_corpus(resolve_corpus(source))
     return TextSplits(name=str(source), train=list(ds["train"]["text"]), validation=list(ds["validation"]["text"]))
 
 
