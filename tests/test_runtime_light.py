@@ -19,7 +19,7 @@ def test_backend_registry_is_lazy_and_complete():
     from edge_downscale.errors import ConfigError
     from edge_downscale.runtime import BACKENDS, Backend, backend_class
 
-    assert {"llamacpp", "torch"} <= set(BACKENDS)
+    assert set(BACKENDS) == {"llamacpp", "onnx"}  # device backends only: torch is opened by models.open_backend
     assert issubclass(backend_class("llamacpp"), Backend)
     try:
         backend_class("nope")

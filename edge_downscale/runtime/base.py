@@ -191,11 +191,11 @@ class Backend(abc.ABC):
         self.close()
 
 
-# name -> "module:Class"; imported on first use so a registry lookup never pulls in torch.
+# The device backends, name -> "module:Class", imported on first use (llama_cpp and onnxruntime are
+# extras). The torch backend is build-time only: edge_downscale.models.open_backend opens it.
 BACKENDS: dict[str, str] = {
     "llamacpp": "edge_downscale.runtime.llamacpp:LlamaCppBackend",
     "onnx": "edge_downscale.runtime.onnx:OnnxBackend",
-    "torch": "edge_downscale.models.torch_backend:TorchBackend",
 }
 
 
