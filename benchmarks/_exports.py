@@ -25,7 +25,7 @@ def cached_exports(model: str, fmt: str, quants: Sequence[str] | str, *, verify:
     ``parity: null``.
     """
     from edge_downscale._io import cache_dir
-    from edge_downscale.export import export_model, source_directory
+    from edge_downscale.export import ExportConfig, export_model, source_directory
     from edge_downscale.export.api import parse_quants
     from edge_downscale.export.manifest import source_hash
 
@@ -45,8 +45,8 @@ def cached_exports(model: str, fmt: str, quants: Sequence[str] | str, *, verify:
         log(f"exporting {model} to {fmt} {','.join(missing)} into {root} (cached for later runs)")
         work = Path(tempfile.mkdtemp(prefix=".export-", dir=root))
         try:
-            export_model(str(src), work / "out", format=fmt, quants=missing, verify=verify, allow_degraded=True,
-                         log=log)
+            config = ExportConfig(out_dir=work / "out", format=fmt, quants=missing, verify=verify, allow_degraded=True)
+            export_model(str(src), config, log=log)
             for q in missing:
                 art = root / f"{fmt}-{q}"
                 if art.exists():
@@ -56,11 +56,6 @@ def cached_exports(model: str, fmt: str, quants: Sequence[str] | str, *, verify:
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return {q: out[q] for q in names}
-
-
-def artifact_file(art: Path) -> Path:
-    """The model file of an export artifact: model.gguf or model.onnx."""
-    return art / "model.gguf" if (art / "model.gguf").is_file() else art / "model.onnx"
 
 
 def artifact_bytes(art: Path) -> int:

@@ -11,7 +11,7 @@ For each domain (default ``legal`` and ``code``):
 3. score held-out bits-per-byte on the domain's test split (``edge_downscale.eval``) for the base
    model and each variant.
 
-Training is the package's engine (``edge_downscale.compress.train``, the LM objective of
+Training is the package's engine (``edge_downscale.compress.train.engine``, the LM objective of
 ``compress.adapt``): every variant's documents are packed into blocks of ``--seq`` + 1 tokens
 (EOS after each document), drawn in a seeded order, ``--batch`` blocks per optimizer step, all
 weights, AdamW (betas 0.9/0.95, no weight decay), gradient clipping at 1.0, constant learning rate.
@@ -45,14 +45,16 @@ sys.path.insert(0, str(ROOT))
 
 from edge_downscale._io import write_result  # noqa: E402
 from edge_downscale.config import EvalConfig  # noqa: E402
-from edge_downscale.data import demo_corpus, load_corpus  # noqa: E402
+from edge_downscale.data import demo_corpus, heldout_texts, load_corpus  # noqa: E402
 from edge_downscale.data.prune import PruneRecipe, parse_steps, prune_corpus, random_subset  # noqa: E402
-from edge_downscale.eval import bits_per_byte, heldout_texts, markdown_table  # noqa: E402
+from edge_downscale.eval import bits_per_byte, markdown_table  # noqa: E402
 
 
 def train_variant(model, tok, texts: list[str], validation: list[str], args, work: Path) -> dict:
     """Continue pretraining ``model`` in place on ``texts`` with the package's engine (constant lr, all weights)."""
-    from edge_downscale.compress.train import Engine, LMObjective, TextSplits, TrainConfig
+    from edge_downscale.compress.train.config import TrainConfig
+    from edge_downscale.compress.train.engine import Engine, LMObjective
+    from edge_downscale.compress.train.packing import TextSplits
 
     config = TrainConfig(token_budget=args.steps * args.batch * args.seq, seq_len=args.seq, batch_size=args.batch,
                          lr=args.lr, warmup_ratio=0.0, min_lr_ratio=1.0, train="all", checkpoint_every=0,

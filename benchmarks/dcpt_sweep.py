@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge_downscale._io import cache_dir, write_json_atomic, write_result  # noqa: E402
 from edge_downscale.compress.adapt import adapt  # noqa: E402
-from edge_downscale.compress.dcpt import analyse_dcpt, format_dcpt, load_dcpt_points, plot_dcpt  # noqa: E402
-from edge_downscale.compress.train import TrainConfig  # noqa: E402
+from edge_downscale.compress.laws import analyse_dcpt, format_dcpt, load_dcpt_points, plot_dcpt  # noqa: E402
+from edge_downscale.compress.train.config import TrainConfig  # noqa: E402
 
 
 def main(argv=None) -> int:

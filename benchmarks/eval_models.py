@@ -21,7 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from edge_downscale import __version__  # noqa: E402
 from edge_downscale._io import write_result  # noqa: E402
 from edge_downscale.config import EvalConfig  # noqa: E402
-from edge_downscale.eval import evaluate, markdown_table, open_backend  # noqa: E402
+from edge_downscale.data import heldout_by_domain  # noqa: E402
+from edge_downscale.eval import evaluate, markdown_table  # noqa: E402
+from edge_downscale.models import open_backend  # noqa: E402
 
 
 def main() -> None:
@@ -42,7 +44,7 @@ def main() -> None:
             t0 = time.perf_counter()
             with open_backend(model, backend_name, context_length=config.max_length) as backend:
                 load = time.perf_counter() - t0
-                res = evaluate(backend, domains, config, model_name=model)
+                res = evaluate(backend, heldout_by_domain(domains, config), config, model_name=model)
             res["load_seconds"] = round(load, 2)
             res["total_seconds"] = round(time.perf_counter() - t0, 2)
             runs.append(res)

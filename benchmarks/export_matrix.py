@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge_downscale._io import write_result  # noqa: E402
 from edge_downscale.eval import markdown_table  # noqa: E402
-from edge_downscale.export import export_model, source_directory  # noqa: E402
+from edge_downscale.artifacts import model_file  # noqa: E402
+from edge_downscale.export import ExportConfig, export_model, source_directory  # noqa: E402
 
 PROMPT = open(Path(__file__).resolve().parents[1] / "edge_downscale" / "eval" / "bpb.py").read()
 
@@ -104,10 +105,10 @@ def main() -> None:
             if not quants:
                 continue
             out = work / f"{name}-{fmt}"
-            manifests = export_model(str(src), out, format=fmt, quants=quants, allow_degraded=True)
+            manifests = export_model(str(src), ExportConfig(out_dir=out, format=fmt, quants=quants, allow_degraded=True))
             for m in manifests:
                 art = out / f"{fmt}-{m['quantization']}"
-                speed = gguf_speed(art / "model.gguf") if fmt == "gguf" else onnx_speed(art)
+                speed = gguf_speed(model_file(art)) if fmt == "gguf" else onnx_speed(art)
                 p = m["parity"]
                 rows.append({"model": name, "format": fmt, "quant": m["quantization"], "bytes": m["total_bytes"],
                              "source_bpb": p["source_bpb"], "bpb": p["export_bpb"], "bpb_delta": p["bpb_rel_delta"],
@@ -131,7 +132,7 @@ def main() -> None:
         # Dedicated student-vs-dense decode comparison: alternate the two models, best of 5 each,
         # so machine noise hits both alike (single 64-token runs above vary by +-20% here).
         for q in [q for q in ("q8_0", "q4_k_m", "q4_0") if q in args.gguf.split(",")]:
-            paths = [work / f"{n}-gguf" / f"gguf-{q}" / "model.gguf" for n in names[:2]]
+            paths = [model_file(work / f"{n}-gguf" / f"gguf-{q}") for n in names[:2]]
             best = [0.0, 0.0]
             for _ in range(5):
                 for i, path in enumerate(paths):

@@ -62,7 +62,8 @@ def main() -> None:
         return
 
     from edge_downscale.config import EvalConfig
-    from edge_downscale.eval import heldout_texts, markdown_table
+    from edge_downscale.data import heldout_texts
+    from edge_downscale.eval import markdown_table
     from edge_downscale.export import source_directory
     from edge_downscale.export.onnx import export_onnx, quantize_onnx
 
@@ -73,7 +74,7 @@ def main() -> None:
     try:
         text_file = work / "text.txt"
         text_file.write_text("\n\n".join(texts), encoding="utf-8")
-        base = export_onnx(source_directory("smollm2-135m"), work / "fp32", validate=False)
+        base = export_onnx(source_directory("smollm2-135m"), work / "fp32")
         variants = {"fp32": base,
                     "dynamic int8, full 8-bit weights": dynamic_int8(base, work / "dyn-full", reduce_range=False),
                     "dynamic int8, 7-bit weights": dynamic_int8(base, work / "dyn-7bit", reduce_range=True),

@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _exports import dynamic_int8  # noqa: E402
 from edge_downscale._io import write_result  # noqa: E402
 from edge_downscale.config import EvalConfig  # noqa: E402
-from edge_downscale.eval import heldout_texts, markdown_table  # noqa: E402
+from edge_downscale.data import heldout_texts  # noqa: E402
+from edge_downscale.eval import markdown_table  # noqa: E402
 from edge_downscale.export import source_directory  # noqa: E402
 from edge_downscale.export.onnx import export_onnx, onnx_bytes, quantize_onnx  # noqa: E402
 from edge_downscale.export.parity import check_parity  # noqa: E402
@@ -36,7 +37,7 @@ def main() -> None:
     texts, _ = heldout_texts("docs", EvalConfig(max_bytes=6000))
     src = source_directory("smollm2-135m")
     work = Path(tempfile.mkdtemp(prefix="onnx-variants-"))
-    base = export_onnx(src, work / "fp32", validate=False)
+    base = export_onnx(src, work / "fp32")
     source = TorchBackend.from_ref(str(src), context_length=512)
     variants = {  # name -> (gate type, how to make it)
         "fp32": ("fp32", lambda d: shutil.copytree(base, d)),

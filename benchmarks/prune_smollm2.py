@@ -29,6 +29,7 @@ from edge_downscale.compress.prune import (  # noqa: E402
     PruneNetConfig, calibration_sequences, learn_policy, n_params, prune_, row_scores,
 )
 from edge_downscale.config import EvalConfig  # noqa: E402
+from edge_downscale.data import heldout_by_domain  # noqa: E402
 from edge_downscale.eval import evaluate, markdown_table  # noqa: E402
 from edge_downscale.models import load_torch  # noqa: E402
 from edge_downscale.models.torch_backend import TorchBackend  # noqa: E402
@@ -49,7 +50,8 @@ def decode_tokens_per_s(model, tok, n_new: int = 32, repeats: int = 3) -> float:
 
 
 def score(model, tok, domains, config):
-    res = evaluate(TorchBackend(model, tok, context_length=config.max_length), domains, config, progress=False)
+    res = evaluate(TorchBackend(model, tok, context_length=config.max_length), heldout_by_domain(domains, config), config,
+                   progress=False)
     return {d: {"bpb": r["bpb"]["bits_per_byte"], "mc": (r.get("mc") or {}).get("accuracy")}
             for d, r in res["domains"].items()}, res["mixed_bpb"]
 

@@ -41,10 +41,14 @@ import torch  # noqa: E402
 from edge_downscale import __version__  # noqa: E402
 from edge_downscale._io import cache_dir, write_json_atomic, write_result  # noqa: E402
 from edge_downscale.compress.adapt import adapt  # noqa: E402
-from edge_downscale.compress.distill import DistillConfig, distill  # noqa: E402
-from edge_downscale.compress.prune import prune_to_dirs  # noqa: E402
-from edge_downscale.compress.train import Engine, LMObjective, TrainConfig, load_splits, read_log  # noqa: E402
+from edge_downscale.compress.distill import distill  # noqa: E402
+from edge_downscale.compress.prune import PruneConfig, prune_to_dirs  # noqa: E402
+from edge_downscale.compress.train.checkpoints import read_log  # noqa: E402
+from edge_downscale.compress.train.config import DistillConfig, TrainConfig  # noqa: E402
+from edge_downscale.compress.train.engine import Engine, LMObjective  # noqa: E402
+from edge_downscale.compress.train.packing import load_splits  # noqa: E402
 from edge_downscale.config import EvalConfig  # noqa: E402
+from edge_downscale.data import heldout_by_domain  # noqa: E402
 from edge_downscale.eval import evaluate, markdown_table  # noqa: E402
 from edge_downscale.models import load_torch, resolve  # noqa: E402
 from edge_downscale.models.torch_backend import TorchBackend  # noqa: E402
@@ -61,7 +65,8 @@ ARMS = {
 
 def score(model_dir, domain: str, config: EvalConfig) -> dict:
     model, tok, _ = load_torch(str(model_dir))
-    res = evaluate(TorchBackend(model, tok, context_length=config.max_length), [domain], config, progress=False)
+    res = evaluate(TorchBackend(model, tok, context_length=config.max_length), heldout_by_domain([domain], config), config,
+                   progress=False)
     r = res["domains"][domain]
     return {"bpb": r["bpb"]["bits_per_byte"], "mc": (r.get("mc") or {}).get("accuracy")}
 
@@ -71,7 +76,7 @@ def pruned_student(model: str, ratio: float, seed: int) -> Path:
     out = cache_dir("bench", "recover") / f"{model}-prunenet-{ratio:.2f}-s{seed}"
     if not (out / f"r{ratio:.2f}" / "config.json").exists():
         shutil.rmtree(out, ignore_errors=True)
-        prune_to_dirs(model, [ratio], out, method="prunenet", seed=seed, progress=True)
+        prune_to_dirs(model, PruneConfig(out_dir=out, ratios=(ratio,), method="prunenet", seed=seed), progress=True)
     return out / f"r{ratio:.2f}"
 
 
@@ -91,7 +96,7 @@ def throughput(student: Path, teacher: str, domain: str, base: TrainConfig, step
             obj = LMObjective()
         else:
             from edge_downscale.compress.distill import KDObjective
-            from edge_downscale.compress.train import weights_fingerprint
+            from edge_downscale.compress.train.checkpoints import weights_fingerprint
 
             if t_model is None:
                 t_model, _, _ = load_torch(teacher)

@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from edge_downscale import __version__  # noqa: E402
 from edge_downscale._io import write_result  # noqa: E402
 from edge_downscale.eval import markdown_table  # noqa: E402
-from edge_downscale.runtime.router import evaluate_router, load_router, texts_by_domain, train_router  # noqa: E402
+from edge_downscale.bundle import evaluate_router, texts_by_domain, train_router  # noqa: E402
+from edge_downscale.runtime.router import load_router  # noqa: E402
 
 GRANULARITIES: dict[str, int | None] = {"documents": None, "chunks-1000": 1000, "chunks-200": 200}
 
@@ -38,7 +39,7 @@ def measure(domains: Sequence[str] = ("code", "docs", "legal"), kinds: Sequence[
     ``options`` go to :func:`train_router` (feature and classifier options). Each router is saved and
     reloaded before evaluation, so the figures are those of the pickle-free bundle state.
     """
-    corpora = {d: d for d in domains}  # demo domain names: texts_by_domain builds/loads them via corpus_dir
+    corpora = {d: d for d in domains}  # demo domain names: texts_by_domain builds/loads them via resolve_corpus
     train = texts_by_domain(corpora, "train")
     heldout = {s: texts_by_domain(corpora, s) for s in splits}
     data = {s: {d: {"documents": len(t), "chars": sum(map(len, t))} for d, t in texts.items()}

@@ -37,7 +37,7 @@ QUANT_FOR = {"code": "q8_0", "docs": "q6_k", "legal": "q4_k_m"}
 
 def smollm2_exports(quants: list[str], log=print) -> dict[str, Path]:
     """GGUF exports of SmolLM2-135M (parity-gated, with manifests), cached across runs."""
-    from edge_downscale.export import export_model, source_directory
+    from edge_downscale.export import ExportConfig, export_model, source_directory
 
     root = cache_dir("bench", "smollm2-gguf")
     missing = [q for q in quants if not (root / f"gguf-{q}" / "model.json").is_file()]
@@ -47,7 +47,8 @@ def smollm2_exports(quants: list[str], log=print) -> dict[str, Path]:
 
         shutil.rmtree(tmp, ignore_errors=True)
         log(f"exporting SmolLM2-135M to GGUF {','.join(missing)} (once)")
-        export_model(str(source_directory("smollm2-135m")), tmp, format="gguf", quants=",".join(missing), log=log)
+        export_model(str(source_directory("smollm2-135m")), ExportConfig(out_dir=tmp, format="gguf", quants=missing),
+                     log=log)
         for q in missing:
             os.replace(tmp / f"gguf-{q}", root / f"gguf-{q}")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -55,18 +56,17 @@ def smollm2_exports(quants: list[str], log=print) -> dict[str, Path]:
 
 
 def demo_bundle(out: Path, *, n_threads: int, log=print) -> Path:
-    from edge_downscale.runtime.bundle import build_bundle
-    from edge_downscale.runtime.router import texts_by_domain
+    from edge_downscale.bundle import BundleConfig, build_bundle
 
     exports = smollm2_exports(sorted(set(QUANT_FOR.values())), log=log)
     members = [{"name": d, "path": exports[QUANT_FOR[d]], "domain": d, "options": {"n_ctx": 1024, "n_threads": n_threads}}
                for d in DEMO_DOMAINS]
-    router_texts = texts_by_domain({d: d for d in DEMO_DOMAINS}, "train")
-    return build_bundle(out, members, strategy="route", router_texts=router_texts, log=log)
+    config = BundleConfig(out=str(out), members=members, strategy="route", router_corpora={d: d for d in DEMO_DOMAINS})
+    return build_bundle(config, log=log)
 
 
 def held_out_prompts(n_per_domain: int, chars: int = 300) -> list[tuple[str, str]]:
-    from edge_downscale.runtime.router import texts_by_domain
+    from edge_downscale.bundle import texts_by_domain
 
     out = []
     for domain, docs in texts_by_domain({d: d for d in DEMO_DOMAINS}, "test").items():
@@ -75,7 +75,7 @@ def held_out_prompts(n_per_domain: int, chars: int = 300) -> list[tuple[str, str
 
 
 def route_accuracy(ens) -> dict:
-    from edge_downscale.runtime.router import evaluate_router, texts_by_domain
+    from edge_downscale.bundle import evaluate_router, texts_by_domain
 
     test = texts_by_domain({d: d for d in DEMO_DOMAINS}, "test")
     docs = evaluate_router(ens.router, test, chunk_chars=None)
@@ -137,7 +137,7 @@ def concurrency(ens, prompts, max_tokens: int, threads: int = 8) -> dict:
 
 def mc_items(split: str, n_per_domain: int, seed: int = 0) -> list[tuple[str, list[str], int]]:
     from edge_downscale.eval.mc import build_items
-    from edge_downscale.runtime.router import texts_by_domain
+    from edge_downscale.bundle import texts_by_domain
 
     out = []
     for docs in texts_by_domain({d: d for d in DEMO_DOMAINS}, split).values():
@@ -152,7 +152,8 @@ def strategies_on_choices(bundle: Path, quick: bool, log=print) -> dict:
     The cascade (q4_k_m first, then q8_0) is calibrated on validation-split items for 50% acceptance
     at level 0 and measured on test-split items; every figure comes from the same run.
     """
-    from edge_downscale.runtime import Ensemble, calibrate_cascade
+    from edge_downscale.bundle import calibrate_cascade
+    from edge_downscale.runtime import Ensemble
 
     n = 4 if quick else 12
     calib, test = mc_items("validation", n), mc_items("test", n)

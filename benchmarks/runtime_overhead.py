@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
-from _exports import artifact_bytes, artifact_file, cached_exports  # noqa: E402
+from _exports import artifact_bytes, cached_exports  # noqa: E402
 from edge_downscale import __version__  # noqa: E402
 from edge_downscale._io import write_result  # noqa: E402
 from edge_downscale.eval import markdown_table  # noqa: E402
@@ -285,6 +285,7 @@ def compare_onnx(art: Path, prompt: str, n_new: int, rounds: int, threads: int |
                  quiet_s: float = 0.0) -> dict:
     from optimum.onnxruntime import ORTModelForCausalLM
 
+    from edge_downscale.artifacts import model_file
     from edge_downscale.runtime.onnx import OnnxBackend
 
     backend = OnnxBackend(art, n_threads=threads)
@@ -294,7 +295,7 @@ def compare_onnx(art: Path, prompt: str, n_new: int, rounds: int, threads: int |
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
-    opt = ORTModelForCausalLM.from_pretrained(art, file_name="model.onnx", use_cache=True,
+    opt = ORTModelForCausalLM.from_pretrained(art, file_name=model_file(art).name, use_cache=True,
                                               provider="CPUExecutionProvider", session_options=opts)
     ours_clock, opt_clock = SessionClock(backend._session), SessionClock(opt.session)
     prompt_ids = backend.prompt_ids(prompt, n_new)[0]
@@ -329,15 +330,14 @@ def compare_onnx(art: Path, prompt: str, n_new: int, rounds: int, threads: int |
 def compare_formats(onnx_arts: dict[str, Path], gguf_arts: dict[str, Path], prompt: str, n_new: int, rounds: int,
                     threads: int | None, n_ctx: int, quiet_s: float = 0.0) -> list[dict]:
     """ONNX int8 vs GGUF Q8_0 and ONNX int4 vs GGUF Q4_0, all through our runtime, pairwise interleaved."""
-    from edge_downscale.runtime.llamacpp import LlamaCppBackend
-    from edge_downscale.runtime.onnx import OnnxBackend
+    from edge_downscale.runtime import open_artifact
 
     rows = []
     for oq, gq in (("int8", "q8_0"), ("int4", "q4_0")):
         if oq not in onnx_arts or gq not in gguf_arts:
             continue
-        onnx_b = OnnxBackend(onnx_arts[oq], n_threads=threads)
-        gguf_b = LlamaCppBackend(artifact_file(gguf_arts[gq]), n_ctx=n_ctx, n_threads=threads)
+        onnx_b = open_artifact(onnx_arts[oq], n_threads=threads)
+        gguf_b = open_artifact(gguf_arts[gq], n_ctx=n_ctx, n_threads=threads)
         runs = interleave({"onnx": lambda: ours(onnx_b, prompt, n_new), "gguf": lambda: ours(gguf_b, prompt, n_new)},
                           rounds, quiet_s=quiet_s)
         s = summarise(runs, base="gguf")

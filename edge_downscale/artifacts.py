@@ -9,9 +9,26 @@ from pathlib import Path
 from typing import Any
 
 from ._io import sha256_file
-from .errors import ExportError
+from .errors import ExportError, ModelFormatError
 
 MANIFEST = "model.json"
+# format -> the model file an artifact of that format holds (tokenizer and configs sit beside it)
+MODEL_FILES: dict[str, str] = {"gguf": "model.gguf", "onnx": "model.onnx"}
+
+
+def artifact_format(artifact_dir: str | Path) -> str:
+    """``gguf`` or ``onnx``: the format of the model file in ``artifact_dir``."""
+    artifact_dir = Path(artifact_dir)
+    for fmt, filename in MODEL_FILES.items():
+        if (artifact_dir / filename).is_file():
+            return fmt
+    raise ModelFormatError(f"{artifact_dir}: neither {' nor '.join(MODEL_FILES.values())}; "
+                           "pass a directory written by edge-downscale export")
+
+
+def model_file(artifact_dir: str | Path, fmt: str | None = None) -> Path:
+    """The model file of an artifact (``model.gguf`` / ``model.onnx``); ``fmt`` names it without looking."""
+    return Path(artifact_dir) / MODEL_FILES[fmt or artifact_format(artifact_dir)]
 
 
 def file_table(artifact_dir: Path) -> dict[str, dict[str, Any]]:

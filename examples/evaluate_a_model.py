@@ -5,8 +5,9 @@
 import sys
 
 from edge_downscale.config import EvalConfig
-from edge_downscale.data import build_corpus
-from edge_downscale.eval import evaluate, format_table, open_backend
+from edge_downscale.data import build_corpus, heldout_by_domain
+from edge_downscale.eval import evaluate, format_table
+from edge_downscale.models import open_backend
 
 model = sys.argv[1] if len(sys.argv) > 1 else "smollm2-135m"
 source = sys.argv[2] if len(sys.argv) > 2 else "docs"  # a demo domain or a directory of .txt/.md/.py
@@ -17,5 +18,6 @@ else:
     build_corpus(source, "my-corpus", overwrite=True)  # dedup + leak-free splits + manifest
     domain = "my-corpus"
 
+config = EvalConfig(max_bytes=16_000, mc_items=20)
 with open_backend(model, "llamacpp") as backend:  # or "torch"
-    print(format_table(evaluate(backend, [domain], EvalConfig(max_bytes=16_000, mc_items=20))))
+    print(format_table(evaluate(backend, heldout_by_domain([domain], config), config)))

@@ -86,3 +86,52 @@ def test_models_info_describes_local_directories(tmp_path, tiny_model_dir):
     assert json.loads(run("models", "info", str(onnx_dir)).output)["format"] == "onnx"
     res = run("models", "info", str(tmp_path / "exported" / "model.onnx"))
     assert res.exit_code == 2 and "not a model" in res.output
+
+
+def test_importing_the_cli_stays_light():
+    import subprocess
+    import sys
+
+    code = "import sys, edge_downscale.cli; print([m for m in ('numpy', 'torch', 'transformers') if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def _all_params():
+    import click
+
+    def walk(cmd, path):
+        for p in cmd.params:
+            yield path, p
+        if isinstance(cmd, click.Group):
+            for name, sub in cmd.commands.items():
+                yield from walk(sub, f"{path} {name}")
+
+    yield from walk(cli, "edge-downscale")
+
+
+def test_config_defaults_resolve_and_are_shown_in_help():
+    import dataclasses
+
+    from edge_downscale.cli._options import _LazyDefault
+    from edge_downscale.runtime.generation import GenerationConfig
+
+    lazy = [(path, p) for path, p in _all_params() if isinstance(p.default, _LazyDefault)]
+    assert lazy
+    for path, p in lazy:
+        p.default()  # the field exists (a typo would raise here, not in front of a user)
+    assert "[default: 128]" in " ".join(run("run", "--help").output.split())
+    assert "[default: 24000]" in " ".join(run("eval", "--help").output.split())
+    # every GenerationConfig field has its flag on `run` and `chat`, with the config's default
+    for cmd in ("run", "chat"):
+        params = {p.name: p for path, p in _all_params() if path == f"edge-downscale {cmd}"}
+        for f in dataclasses.fields(GenerationConfig):
+            assert params[f.name].default() == f.default
+
+
+def test_python_dash_m_runs_the_cli():
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "edge_downscale.cli", "--help"], capture_output=True, text=True)
+    assert res.returncode == 0 and "bundle" in res.stdout

@@ -338,3 +338,46 @@ def test_import_loads_no_heavy_modules():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert out.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------------- resolving corpora, held-out text
+
+
+def test_resolve_corpus_names_a_demo_domain_or_a_directory(tmp_path, monkeypatch):
+    from edge_downscale.data import resolve_corpus
+
+    monkeypatch.setenv("EDGE_DOWNSCALE_CACHE", str(tmp_path / "cache"))
+    assert resolve_corpus("docs", progress=False) == tmp_path / "cache" / "corpora" / "docs"
+    built = tmp_path / "mine"
+    built.mkdir()
+    assert resolve_corpus(str(built)) == built and resolve_corpus(built) == built
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "docs").mkdir()
+    assert resolve_corpus("docs", progress=False) == tmp_path / "cache" / "corpora" / "docs"  # the name wins
+    assert resolve_corpus("./docs") == Path("./docs")
+    for bad in ("klingon", str(tmp_path / "nothing")):
+        with pytest.raises(ConfigError, match="unknown domain") as e:
+            resolve_corpus(bad)
+        msg = str(e.value)
+        assert "neither a corpus directory nor a demo domain" in msg and "code, docs, legal" in msg
+        assert "edge-downscale data build" in msg and "\n" not in msg
+
+
+def test_heldout_texts_are_capped_seeded_and_loaded_per_domain(tmp_path, monkeypatch):
+    from edge_downscale.config import EvalConfig
+    from edge_downscale.data import heldout_by_domain, heldout_texts
+    from edge_downscale.errors import EvalError
+
+    monkeypatch.setenv("EDGE_DOWNSCALE_CACHE", str(tmp_path / "cache"))
+    config = EvalConfig(max_bytes=3000)
+    texts, all_texts = heldout_texts("docs", config)
+    assert all_texts == [t for t in load_corpus(demo_corpus("docs", progress=False))["test"]["text"] if t]
+    assert 0 < sum(len(t.encode("utf-8")) for t in texts) <= 3000
+    assert heldout_texts("docs", config) == (texts, all_texts)  # seeded
+    assert heldout_by_domain(["docs"], config) == {"docs": (texts, all_texts)}
+    assert heldout_texts("docs", EvalConfig(max_bytes=None))[0] != texts
+    empty = tmp_path / "empty"
+    src = _write_dir(tmp_path / "src", {f"{i}.txt": t for i, t in enumerate(_topics(2))})
+    build_corpus(src, empty, CorpusConfig(split_fractions=(1.0, 0.0, 0.0)), progress=False)
+    with pytest.raises(EvalError, match="split is empty"):
+        heldout_texts(str(empty), config)

@@ -131,6 +131,45 @@ def test_band_indices_pick_low_middle_high():
     assert sorted(band_indices(s, 3, "middle")) == [3, 4, 5]
 
 
+def test_steps_registry_and_budget_arithmetic():
+    from edge_downscale.data.prune import STEPS
+    from edge_downscale.data.prune.budget import budget_documents, budget_trim, ranking_keep
+
+    assert list(STEPS) == ["dedup", "near-dedup", "quality", "relevance", "diversity", "active"]
+    assert {n for n, s in STEPS.items() if s.ranking} == {"quality", "relevance", "diversity", "active"}
+    assert {n for n, s in STEPS.items() if s.model} == {"quality", "diversity", "active"}
+    assert budget_documents(0.5, 7) == 4 and budget_documents(0.01, 7) == 1
+    assert ranking_keep(40, 50, 2) == 40  # already under budget: nothing to cut
+    assert ranking_keep(100, 25, 2) == 50 and ranking_keep(50, 25, 1) == 25  # geometric shares land on the budget
+    sel = budget_trim(10, 3, seed=0)
+    assert sel.n_kept == 3 and sel.counts() == {"kept": 3, "budget": 7} and sel.stats == {"budget": 3}
+    assert list(budget_trim(10, 3, seed=0).keep) == list(sel.keep)  # seeded
+
+
+def test_reference_cache_scores_each_document_once(tiny_backend):
+    from edge_downscale.data.prune import ReferenceCache
+
+    texts = _licences(4)
+    calls = []
+    real = tiny_backend.tokenize
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(tiny_backend, name)
+
+        def tokenize(self, text):
+            calls.append(text)
+            return real(text)
+
+    cache = ReferenceCache(Counting(), texts)
+    first = cache.get(np.array([0, 1, 2]), 32, 2, False)
+    again = cache.get(np.array([2, 1, 0, 3]), 32, 2, False)
+    assert len(calls) == 4  # documents 0-2 once, document 3 once
+    assert np.allclose(again.bpb[:3], first.bpb[::-1]) and np.isfinite(again.bpb).all()
+    cache.get(np.array([0]), 16, 2, False)  # another max_tokens is another pass
+    assert len(calls) == 5
+
+
 def test_reference_bpb_matches_the_evaluator(tiny_backend):
     from edge_downscale.eval import bits_per_byte
 
@@ -243,6 +282,8 @@ def test_prune_corpus_writes_a_corpus_report_and_leaves_the_input_alone(small_co
                          near_dedup={"threshold": 0.7}, quality={"max_tokens": 48}, diversity={"max_tokens": 48})
     report = prune_corpus(small_corpus, out, recipe, reference=tiny_backend, progress=False)
     assert digest_dir(small_corpus) == before  # input byte-for-byte unchanged
+    assert json.loads((out / "data_prune_report.json").read_text()) == json.loads(json.dumps(report))
+    assert corpus_info(out)["pruned_from"]["report"] == "data_prune_report.json"
 
     n = info["splits"]["train"]["documents"]
     assert report["before"]["documents"] == n
@@ -301,4 +342,5 @@ def test_bad_input_is_a_one_line_error(tmp_path, small_corpus):
     res = runner.invoke(cli, ["data", "prune", str(small_corpus), "--out", str(tmp_path / "ok"),
                               "--steps", "dedup,near-dedup", "--keep", "0.9", "--quiet"])
     assert res.exit_code == 0, res.output
-    assert (tmp_path / "ok" / "prune_report.json").is_file()
+    assert (tmp_path / "ok" / "data_prune_report.json").is_file()  # not compress pruning's pruning_report.json
+    assert not (tmp_path / "ok" / "pruning_report.json").exists()

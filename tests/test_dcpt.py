@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from edge_downscale.cli import cli
-from edge_downscale.compress.dcpt import (
+from edge_downscale.compress.laws.dcpt import (
     DcptFit, DcptPoint, fit_dcpt, load_dcpt_points, predict_dcpt, propose_share, save_dcpt_points,
 )
 from edge_downscale.errors import EdgeDownscaleError, LawFitError

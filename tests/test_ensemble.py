@@ -11,10 +11,10 @@ from click.testing import CliRunner
 
 from edge_downscale.cli import cli
 from edge_downscale.errors import BundleError, ConfigError
-from edge_downscale.runtime import ContextOverflowError, Ensemble
-from edge_downscale.runtime.bundle import build_bundle
-from edge_downscale.runtime.llamacpp import LlamaCppBackend
-from edge_downscale.runtime.strategies import calibrate_cascade, option_probs
+from edge_downscale.artifacts import model_file
+from edge_downscale.runtime import ContextOverflowError, Ensemble, open_artifact
+from edge_downscale.bundle import BundleConfig, build_bundle, calibrate_cascade
+from edge_downscale.runtime.strategies import option_probs
 
 CODE_PROMPT = "def load(path):\n    with open(path) as f:\n        return json.load(f)\n"
 LEGAL_PROMPT = "THE SOFTWARE IS PROVIDED AS IS, WITHOUT WARRANTY OF ANY KIND, EXPRESS OR IMPLIED, INCLUDING"
@@ -41,10 +41,10 @@ def domain_texts() -> dict[str, list[str]]:
 @pytest.fixture(scope="module")
 def exports(tiny_model_dir, tmp_path_factory):
     """The tiny model exported to GGUF f32 and q8_0 (each with a verified manifest)."""
-    from edge_downscale.export import export_model
+    from edge_downscale.export import ExportConfig, export_model
 
     out = tmp_path_factory.mktemp("ens-exports") / "out"
-    export_model(str(tiny_model_dir), out, format="gguf", quants="f32,q8_0", log=lambda m: None)
+    export_model(str(tiny_model_dir), ExportConfig(out_dir=out, format="gguf", quants="f32,q8_0"), log=lambda m: None)
     return {"f32": out / "gguf-f32", "q8_0": out / "gguf-q8_0"}
 
 
@@ -55,8 +55,8 @@ def _members(exports, threads=1):
 
 @pytest.fixture(scope="module")
 def route_bundle(exports, domain_texts, tmp_path_factory):
-    return build_bundle(tmp_path_factory.mktemp("b") / "route", _members(exports), strategy="route",
-                        router_texts=domain_texts, log=lambda m: None)
+    return build_bundle(BundleConfig(out=tmp_path_factory.mktemp("b") / "route", members=_members(exports),
+                                     strategy="route"), router_texts=domain_texts, log=lambda m: None)
 
 
 def test_route_picks_the_domain_member_streams_and_meters(route_bundle):
@@ -81,7 +81,7 @@ def test_route_score_and_choose_use_the_routed_member(route_bundle, exports):
         scored = ens.score(CODE_PROMPT)
         options = [" return data", " WITHOUT WARRANTY"]
         chosen = ens.choose(CODE_PROMPT, options)
-    with LlamaCppBackend(exports["f32"] / "model.gguf", n_ctx=256, n_threads=1) as coder:
+    with open_artifact(exports["f32"], n_ctx=256, n_threads=1) as coder:
         direct = coder.score(CODE_PROMPT)
         lps = coder.option_logprobs(CODE_PROMPT, options)
     assert scored.members == ["coder"] and scored.logprob == pytest.approx(direct.total, rel=1e-6)
@@ -92,7 +92,7 @@ def test_route_score_and_choose_use_the_routed_member(route_bundle, exports):
 def test_tampered_member_is_refused_and_route_falls_back(route_bundle, tmp_path):
     bundle = tmp_path / "bundle"
     shutil.copytree(route_bundle, bundle)  # a real copy: the fixture's files stay intact
-    gguf = bundle / "members/coder/model.gguf"
+    gguf = model_file(bundle / "members/coder")
     data = bytearray(gguf.read_bytes())
     data[-5] ^= 0xFF
     gguf.unlink()
@@ -188,8 +188,8 @@ def test_cascade_calibrates_thresholds_and_escalates(exports, domain_texts, tmp_
                    "choices": [(t[:200], [t[200:240], u[200:240]]) for t, u in zip(texts, texts[1:] + texts[:1])]}
     members = _members(exports)
     members[0]["cost"], members[1]["cost"] = 2.0, 1.0  # lawyer (q8_0) is the cheap first level
-    bundle = build_bundle(tmp_path / "cascade", members, strategy="cascade", calibration=calibration,
-                          target_acceptance=0.5, log=lambda m: None)
+    bundle = build_bundle(BundleConfig(out=tmp_path / "cascade", members=members, strategy="cascade",
+                                       target_acceptance=0.5), calibration=calibration, log=lambda m: None)
     spec = json.loads((bundle / "ensemble.json").read_text())["strategy_options"]
     assert set(spec["thresholds"]) == {"generate", "score", "choose"}
     assert all(len(v) == 1 for v in spec["thresholds"].values())  # two levels: one threshold each
@@ -209,7 +209,8 @@ def test_cascade_calibrates_thresholds_and_escalates(exports, domain_texts, tmp_
 
 
 def test_uncalibrated_cascade_says_how_to_calibrate(exports, tmp_path):
-    bundle = build_bundle(tmp_path / "c", _members(exports), strategy="vote", log=lambda m: None)
+    bundle = build_bundle(BundleConfig(out=tmp_path / "c", members=_members(exports), strategy="vote"),
+                          log=lambda m: None)
     with Ensemble.load(bundle, strategy_options={}) as ens:
         assert ens.spec.strategy == "vote"
     spec = json.loads((bundle / "ensemble.json").read_text())
@@ -223,11 +224,12 @@ def test_uncalibrated_cascade_says_how_to_calibrate(exports, tmp_path):
 
 
 def test_vote_combines_normalised_option_logprobs_and_cross_scores(exports, tmp_path):
-    bundle = build_bundle(tmp_path / "vote", _members(exports), strategy="vote", log=lambda m: None)
+    bundle = build_bundle(BundleConfig(out=tmp_path / "vote", members=_members(exports), strategy="vote"),
+                          log=lambda m: None)
     options = [" return data", " WITHOUT WARRANTY", " 42"]
     per_member = {}
     for name, key in (("coder", "f32"), ("lawyer", "q8_0")):
-        with LlamaCppBackend(exports[key] / "model.gguf", n_ctx=256, n_threads=1) as b:
+        with open_artifact(exports[key], n_ctx=256, n_threads=1) as b:
             per_member[name] = b.option_logprobs(CODE_PROMPT, options)
     expected = sum(np.log(option_probs(v)) for v in per_member.values())
     mixture = np.log(sum(option_probs(v) for v in per_member.values()) / 2)
@@ -248,11 +250,12 @@ def test_vote_combines_normalised_option_logprobs_and_cross_scores(exports, tmp_
 
 def test_bundle_build_refuses_bad_input_and_leaves_nothing(exports, tmp_path, domain_texts):
     with pytest.raises(ConfigError, match="router"):
-        build_bundle(tmp_path / "x", _members(exports), strategy="route", log=lambda m: None)
+        build_bundle(BundleConfig(out=tmp_path / "x", members=_members(exports), strategy="route"), log=lambda m: None)
     with pytest.raises(BundleError, match="no model.json"):
-        build_bundle(tmp_path / "x", [{"name": "a", "path": tmp_path}], strategy="vote", log=lambda m: None)
+        build_bundle(BundleConfig(out=tmp_path / "x", members=[{"name": "a", "path": tmp_path}], strategy="vote"),
+                     log=lambda m: None)
     with pytest.raises(ConfigError, match="no member has that domain"):
-        build_bundle(tmp_path / "x", _members(exports), strategy="route",
+        build_bundle(BundleConfig(out=tmp_path / "x", members=_members(exports), strategy="route"),
                      router_texts={**domain_texts, "docs": domain_texts["code"]}, log=lambda m: None)
     assert list(tmp_path.iterdir()) == []  # no half-written bundle
     with pytest.raises(BundleError, match="no ensemble.json"):
@@ -297,7 +300,7 @@ def test_serving_a_bundle_never_imports_torch(route_bundle):
 
 
 def test_long_chat_drops_oldest_messages_first(exports):
-    with LlamaCppBackend(exports["f32"] / "model.gguf", n_ctx=256, n_threads=1) as b:
+    with open_artifact(exports["f32"], n_ctx=256, n_threads=1) as b:
         old = [{"role": "user", "content": LEGAL_PROMPT * 3}, {"role": "assistant", "content": LEGAL_PROMPT * 3}]
         messages = [{"role": "system", "content": "Be brief."}] + old * 2 + [{"role": "user", "content": "last question"}]
         ids, dropped, template = b.prompt_ids(messages, max_tokens=16)
@@ -306,3 +309,19 @@ def test_long_chat_drops_oldest_messages_first(exports):
         assert "Be brief." in text and "last question" in text  # system and newest kept, oldest gone
         with pytest.raises(ContextOverflowError):
             b.prompt_ids(messages, max_tokens=16, overflow="error")
+
+
+def test_bundle_config_validates_and_round_trips(tmp_path):
+    cfg = BundleConfig(out=tmp_path / "b", members=[{"name": "a", "path": tmp_path, "domain": "code"}],
+                       strategy="cascade", calibrate_corpora=["code"], router_corpora={"code": tmp_path})
+    assert cfg.out == str(tmp_path / "b") and cfg.members[0]["path"] == str(tmp_path)
+    assert cfg.calibrate_corpora == ("code",) and cfg.router_corpora == {"code": str(tmp_path)}
+    assert BundleConfig.from_json(cfg.to_json()) == cfg
+    with pytest.raises(ConfigError, match="at least one member"):
+        BundleConfig(out="b")
+    with pytest.raises(ConfigError, match="unknown strategy 'best'"):
+        BundleConfig(out="b", members=[{"name": "a", "path": "x"}], strategy="best")
+    with pytest.raises(ConfigError, match="target_acceptance"):
+        BundleConfig(out="b", members=[{"name": "a", "path": "x"}], target_acceptance=1.5)
+    with pytest.raises(ConfigError, match="unknown key"):
+        BundleConfig.from_dict({"out": "b", "members": [{"name": "a", "path": "x"}], "router_texts": {}})

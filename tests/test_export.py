@@ -5,8 +5,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from edge_downscale.artifacts import model_file
 from edge_downscale.cli import cli
-from edge_downscale.export import ExportError, ParityError, check_parity, enforce, export_model, verify_manifest
+from edge_downscale.errors import ConfigError
+from edge_downscale.export import (ExportConfig, ExportError, ParityError, check_parity, enforce, export_model,
+                                   verify_manifest)
 from edge_downscale.models import load_torch
 from edge_downscale.models.torch_backend import TorchBackend
 
@@ -17,8 +20,21 @@ TEXTS = ["Return the hash value of the object (if it has one). Hash values are i
 @pytest.fixture(scope="module")
 def exported(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "out"
-    manifests = export_model(str(tiny_model_dir), out, format="gguf", quants="f32,q8_0", log=lambda m: None)
+    manifests = export_model(str(tiny_model_dir), ExportConfig(out_dir=out, format="gguf", quants="f32,q8_0"),
+                             log=lambda m: None)
     return out, manifests
+
+
+def test_export_config_validates_and_round_trips(tmp_path):
+    cfg = ExportConfig(out_dir=tmp_path / "o", format="onnx", quants="int8, fp32")
+    assert cfg.quants == ("int8", "fp32") and cfg.domain == "docs" and cfg.verify
+    assert ExportConfig.from_json(cfg.to_json()) == cfg
+    with pytest.raises(ConfigError, match="unknown onnx quantisation q8_0"):
+        ExportConfig(out_dir="o", format="onnx", quants=["q8_0"])
+    with pytest.raises(ConfigError, match="unknown key"):
+        ExportConfig.from_dict({"out_dir": "o", "quants": ["f32"], "log": print})
+    with pytest.raises(ConfigError, match="max_bytes"):
+        ExportConfig(out_dir="o", quants="f32", max_bytes=0)
 
 
 def test_export_writes_gated_artifacts_with_verifiable_manifests(exported, tiny_model_dir):
@@ -36,7 +52,7 @@ def test_manifest_detects_a_modified_file(exported, tmp_path):
     out, _ = exported
     copy = tmp_path / "copy"
     shutil.copytree(out / "gguf-q8_0", copy)
-    with open(copy / "model.gguf", "r+b") as f:
+    with open(model_file(copy), "r+b") as f:
         f.seek(-10, 2)
         f.write(b"\xff" * 10)
     with pytest.raises(ExportError, match="does not match its manifest"):

@@ -16,7 +16,8 @@ from edge_downscale.export.errors import ExportError
 from edge_downscale.export.gguf import (
     GGUF_ARCHITECTURES, GGUF_QUANTS, export_gguf, gguf_bits_per_weight, quantize_gguf,
 )
-from edge_downscale.models import check_gguf, load_torch
+from edge_downscale.models import load_torch
+from edge_downscale.runtime.gguf_file import check_gguf
 
 TEXTS = [
     "Hello world",

@@ -7,7 +7,8 @@ import pytest
 
 from edge_downscale.errors import ModelFetchError, ModelFormatError, UnknownModelError
 from edge_downscale.models import registry
-from edge_downscale.models import check_gguf, detect_format, model_info, resolve
+from edge_downscale.models import detect_format, model_info, resolve
+from edge_downscale.runtime.gguf_file import check_gguf
 
 
 def _write_gguf(path: Path, n: int = 4096) -> Path:

@@ -14,7 +14,7 @@ N_NEW = 16
 
 @pytest.fixture(scope="module")
 def onnx_dir(tiny_model_dir, tmp_path_factory):
-    return export_onnx(tiny_model_dir, tmp_path_factory.mktemp("onnx-gen") / "tiny-onnx", validate=False)
+    return export_onnx(tiny_model_dir, tmp_path_factory.mktemp("onnx-gen") / "tiny-onnx")
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 import torch
@@ -183,3 +184,40 @@ def test_baseline_option_changes_learning_and_stays_deterministic(tiny_model_dir
     torch.testing.assert_close(a.keep_probabilities(w), b.keep_probabilities(w))
     assert not torch.allclose(a.keep_probabilities(w), plain.keep_probabilities(w))
     assert PruneNetConfig.from_json(cfg.to_json()) == cfg
+
+
+def test_prune_config_validates_and_round_trips_through_json(tmp_path):
+    from edge_downscale.compress.prune import PruneConfig
+
+    cfg = PruneConfig(out_dir=tmp_path / "out", ratios=[0.25, 0.5], method="magnitude",
+                      prunenet=PruneNetConfig(episodes=2, seed=3))
+    assert cfg.out_dir == str(tmp_path / "out") and cfg.ratios == (0.25, 0.5)
+    assert PruneConfig.from_json(cfg.to_json()) == cfg  # the nested PruneNetConfig comes back as one
+    for bad, msg in (({"ratios": ()}, "at least one ratio"), ({"ratios": (1.5,)}, "ratio must be in (0, 1)"),
+                     ({"method": "nope"}, "unknown pruning method"), ({"multiple": 0}, "multiple"),
+                     ({"prunenet": {"episodes": 0}}, "episodes"), ({"wat": 1}, "unknown key")):
+        with pytest.raises(ConfigError, match=re.escape(msg)):
+            PruneConfig.from_dict({"out_dir": "x", **bad})
+    with pytest.raises(ConfigError, match="out_dir"):
+        PruneConfig.from_dict({})
+
+
+def test_cli_defaults_are_the_config_defaults():
+    """One place for every default: the prune/adapt/distill options read the config dataclasses."""
+    from edge_downscale.compress.prune import PruneConfig
+    from edge_downscale.compress.train.config import DistillConfig, TrainConfig
+
+    params = {cmd: {p.name: p.default for p in cli.commands[cmd].params} for cmd in ("prune", "adapt", "distill")}
+    assert params["prune"]["ratios"] == ",".join(f"{r:g}" for r in PruneConfig.ratios)
+    for name in ("method", "multiple", "calib_domain", "seed"):
+        assert params["prune"][name] == getattr(PruneConfig, name), name
+    for name in ("train_ratio", "episodes", "device"):
+        assert params["prune"][name] == getattr(PruneNetConfig, name), name
+    train_fields = {"token_budget", "seq_len", "batch_size", "micro_batch", "lr", "lora_rank", "domain_share",
+                    "eval_every", "checkpoint_every", "device", "precision", "seed"}
+    for cmd in ("adapt", "distill"):
+        for name in train_fields:
+            assert params[cmd][name] == getattr(TrainConfig, name), (cmd, name)
+        assert params[cmd]["train_mode"] == TrainConfig.train
+    for name in ("alpha", "tau", "divergence", "hidden_weight", "cache_topk", "curriculum"):
+        assert params["distill"][name] == getattr(DistillConfig, name), name

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.real
 def heldout_docs_text():
     """Held-out (test split) reference prose of the `docs` demo domain, ~8 KB."""
     from edge_downscale.config import EvalConfig
-    from edge_downscale.eval import heldout_texts
+    from edge_downscale.data import heldout_texts
 
     texts, _ = heldout_texts("docs", EvalConfig(max_bytes=8000))
     return texts
@@ -34,7 +34,7 @@ def llama_smollm2(smollm2_gguf):
 
 
 def test_smollm2_pull_is_verified_and_dequantised_for_torch(smollm2_gguf, torch_smollm2):
-    from edge_downscale.models import check_gguf
+    from edge_downscale.runtime.gguf_file import check_gguf
 
     info = check_gguf(smollm2_gguf)
     assert info.architecture == "llama" and info.file_type == "Q4_1"
@@ -63,9 +63,11 @@ def test_real_model_on_python_source(llama_smollm2):
 
 def test_multiple_choice_is_well_above_chance(llama_smollm2):
     from edge_downscale.config import EvalConfig
+    from edge_downscale.data import heldout_by_domain
     from edge_downscale.eval import evaluate
 
-    res = evaluate(llama_smollm2, ["docs"], EvalConfig(max_bytes=2000, mc_items=30), progress=False)
+    config = EvalConfig(max_bytes=2000, mc_items=30)
+    res = evaluate(llama_smollm2, heldout_by_domain(["docs"], config), config, progress=False)
     mc = res["domains"]["docs"]["mc"]
     assert mc["n_items"] == 30
     assert mc["accuracy"] >= 0.5, mc  # chance is 0.25
@@ -119,11 +121,13 @@ def test_smollm2_chat_template_and_stop_strings(llama_smollm2):
 def test_recovery_training_on_smollm2_pruned_student(tmp_path, smollm2_gguf):
     """The real chain at a tiny budget: prune SmolLM2 30% (random rows), distil from the dense teacher
     with the cached top-k teacher, and check the student learned on held-out text of its domain."""
-    from edge_downscale.compress.distill import DistillConfig, distill
-    from edge_downscale.compress.prune import prune_to_dirs
-    from edge_downscale.compress.train import TrainConfig, read_log
+    from edge_downscale.compress.distill import distill
+    from edge_downscale.compress.prune import PruneConfig, prune_to_dirs
+    from edge_downscale.compress.train.checkpoints import read_log
+    from edge_downscale.compress.train.config import DistillConfig, TrainConfig
 
-    prune_to_dirs(str(smollm2_gguf), [0.3], tmp_path / "pruned", method="random", progress=False)
+    prune_to_dirs(str(smollm2_gguf), PruneConfig(out_dir=tmp_path / "pruned", ratios=(0.3,), method="random"),
+                  progress=False)
     config = TrainConfig(token_budget=6 * 4 * 64, seq_len=64, batch_size=4, lr=5e-4, eval_tokens=1040,
                          checkpoint_every=0)
     summary = distill(str(smollm2_gguf), str(tmp_path / "pruned" / "r0.30"), "docs", tmp_path / "student",

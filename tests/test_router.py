@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 
 from edge_downscale.errors import ConfigError
-from edge_downscale.runtime.router import (
-    ROUTERS, RouteDecision, Router, chunk_text, evaluate_router, load_router, train_router,
-)
+from edge_downscale.bundle.router import chunk_text, evaluate_router, train_router
+from edge_downscale.runtime.router import ROUTERS, RouteDecision, Router, load_router
 
 CODE_PROMPT = (
     "def fibonacci(n: int) -> int:\n    if n < 2:\n        return n\n"

@@ -6,7 +6,7 @@ def test_runtime_import_leaves_torch_and_transformers_unimported():
     code = (
         "import sys, edge_downscale.runtime, edge_downscale.runtime.llamacpp, edge_downscale.eval.bpb, "
         "edge_downscale.eval.mc, edge_downscale.runtime.router, edge_downscale.runtime.onnx, "
-        "edge_downscale.runtime.ensemble, edge_downscale.runtime.strategies, edge_downscale.runtime.bundle, "
+        "edge_downscale.runtime.ensemble, edge_downscale.runtime.strategies, edge_downscale.runtime.gguf_file, "
         "edge_downscale.runtime.generation, edge_downscale.artifacts\n"
         "heavy = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
         "print(','.join(heavy))"
@@ -19,7 +19,7 @@ def test_backend_registry_is_lazy_and_complete():
     from edge_downscale.errors import ConfigError
     from edge_downscale.runtime import BACKENDS, Backend, backend_class
 
-    assert {"llamacpp", "torch"} <= set(BACKENDS)
+    assert set(BACKENDS) == {"llamacpp", "onnx"}  # device backends only: torch is opened by models.open_backend
     assert issubclass(backend_class("llamacpp"), Backend)
     try:
         backend_class("nope")
@@ -27,3 +27,74 @@ def test_backend_registry_is_lazy_and_complete():
         assert "llamacpp" in str(e)
     else:
         raise AssertionError("unknown backend accepted")
+
+
+def _imports(path):
+    """Absolute module names of every import statement in ``path`` (including ones inside functions)."""
+    import ast
+    from pathlib import Path
+
+    package = "edge_downscale." + ".".join(Path(path).relative_to(Path(__file__).parents[1] / "edge_downscale").parent.parts)
+    package = package.rstrip(".")
+    out = set()
+    for node in ast.walk(ast.parse(Path(path).read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            out.add(module)
+            out |= {f"{module}.{a.name}" for a in node.names}
+    return out
+
+
+def test_runtime_imports_only_the_base_and_itself():
+    from pathlib import Path
+
+    root = Path(__file__).parents[1] / "edge_downscale" / "runtime"
+    build_side = ("eval", "models", "data", "compress", "export", "bundle", "pipeline", "cli")
+    for path in sorted(root.glob("*.py")):
+        bad = sorted(m for m in _imports(path)
+                     if any(m == f"edge_downscale.{p}" or m.startswith(f"edge_downscale.{p}.") for p in build_side))
+        assert not bad, f"{path.name} imports {bad}"
+    # the ensemble imports its strategies, never the reverse
+    assert not any(m.startswith("edge_downscale.runtime.ensemble") for m in _imports(root / "strategies.py"))
+    assert not any(m.startswith("edge_downscale.runtime.ensemble") for m in _imports(root / "response.py"))
+
+
+def test_open_artifact_picks_the_backend_from_the_model_file(tmp_path):
+    import pytest
+
+    from edge_downscale.artifacts import artifact_format, model_file
+    from edge_downscale.errors import ConfigError, ModelFormatError
+    from edge_downscale.runtime import artifact_backend, open_artifact
+
+    (tmp_path / "g").mkdir()
+    (tmp_path / "g" / "model.gguf").write_bytes(b"nope")
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "model.onnx").write_bytes(b"nope")
+    assert artifact_format(tmp_path / "g") == "gguf" and model_file(tmp_path / "o") == tmp_path / "o" / "model.onnx"
+    assert artifact_backend(tmp_path / "g") == "llamacpp" and artifact_backend(tmp_path / "o") == "onnx"
+    assert model_file(tmp_path / "x", "gguf") == tmp_path / "x" / "model.gguf"
+    with pytest.raises(ModelFormatError, match="neither model.gguf nor model.onnx"):
+        model_file(tmp_path)
+    with pytest.raises(ModelFormatError, match="bad magic"):  # the GGUF header check runs before llama.cpp
+        open_artifact(tmp_path / "g")
+    with pytest.raises(ConfigError, match="does not run exported artifacts"):
+        open_artifact(tmp_path / "g", "torch")
+
+
+def test_generation_config_build_merges_options():
+    import pytest
+
+    from edge_downscale.errors import ConfigError
+    from edge_downscale.runtime import GenerationConfig
+
+    base = GenerationConfig(max_tokens=16, stop=("\n",))
+    assert GenerationConfig.build() == GenerationConfig()
+    assert GenerationConfig.build(base) is base
+    assert GenerationConfig.build(base, temperature=0.5, stop=["x"]) == GenerationConfig(16, 0.5, stop=("x",))
+    with pytest.raises(ConfigError, match="unknown key.*max_tokens"):
+        GenerationConfig.build(base, max_new_tokens=3)
+    with pytest.raises(ConfigError, match="top_p"):
+        GenerationConfig.build(top_p=0)

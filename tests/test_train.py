@@ -19,11 +19,13 @@ pytest.importorskip("accelerate")
 from safetensors.torch import load_file  # noqa: E402
 
 from edge_downscale.compress.adapt import adapt  # noqa: E402
-from edge_downscale.compress.distill import DistillConfig, KDObjective, distill, kd_loss, kd_loss_topk  # noqa: E402
-from edge_downscale.compress.train import (  # noqa: E402
-    Engine, LMObjective, TextSplits, TrainConfig, TrainingError, TrainingInterrupted, list_checkpoints, read_log,
-    weights_fingerprint,
+from edge_downscale.compress.distill import KDObjective, distill, kd_loss, kd_loss_topk  # noqa: E402
+from edge_downscale.compress.train.checkpoints import list_checkpoints, read_log, weights_fingerprint  # noqa: E402
+from edge_downscale.compress.train.config import (  # noqa: E402
+    DistillConfig, TrainConfig, TrainingError, TrainingInterrupted,
 )
+from edge_downscale.compress.train.engine import Engine, LMObjective  # noqa: E402
+from edge_downscale.compress.train.packing import TextSplits  # noqa: E402
 from edge_downscale.errors import ConfigError  # noqa: E402
 from edge_downscale.models import load_torch  # noqa: E402
 from edge_downscale.models.tiny import build_tiny_llama  # noqa: E402

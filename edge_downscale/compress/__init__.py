@@ -1,5 +1,4 @@
-"""Compression stage: structured pruning (prune/: PruneNet and baselines), compression laws (laws.py)
-and distillation losses (distill.py). Data pruning lives in ``edge_downscale.data.prune``.
-
-The training engine for distillation and domain-continual pretraining is still to come (issue 7).
+"""Compression stage: structured pruning (``prune/``: PruneNet and baselines), recovery and
+specialisation training (``train/`` engine, ``adapt``, ``distill``) and the scaling laws (``laws/``:
+compression law, D-CPT law). Data pruning lives in ``edge_downscale.data.prune``.
 """

@@ -1,16 +1,18 @@
 """Domain-continual pretraining: keep training a causal LM on a domain corpus, optionally mixed
 with a general "replay" corpus so it does not forget (D-CPT law, Que et al. 2024: the domain
-share r of the mixture trades domain loss against general loss; ``compress.dcpt`` fits the law
+share r of the mixture trades domain loss against general loss; ``compress.laws.dcpt`` fits the law
 and proposes r).
 
-``adapt`` is the LM objective on the shared engine (``compress.train``): full fine-tuning, the FFNs
+``adapt`` is the LM objective on the shared engine (``compress.train.engine``): full fine-tuning, the FFNs
 only, or LoRA (peft, merged into the weights when saving), so the output is a plain HF directory.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from .train import Engine, LMObjective, TextSplits, TrainConfig, load_splits
+from .train.config import TrainConfig
+from .train.engine import Engine, LMObjective
+from .train.packing import TextSplits, load_splits
 
 
 def adapt(model: str, domain: str | TextSplits, out_dir, *, config: TrainConfig | None = None,

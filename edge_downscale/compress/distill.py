@@ -18,7 +18,6 @@ label is ``ignore_index`` (padding) count in neither term.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -27,11 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from ..config import StageConfig, check, check_int
+from ..config import check
 from ..errors import ConfigError, require
-from .train import Engine, Objective, TrainConfig, blocks_digest, load_splits, weights_fingerprint
-
-DIVERGENCES = ("forward", "reverse", "jsd")
+from .train.checkpoints import weights_fingerprint
+from .train.config import DIVERGENCES, DistillConfig, TrainConfig
+from .train.engine import Engine, Objective
+from .train.packing import blocks_digest, load_splits
 
 
 def kd_loss(student_logits, teacher_logits, labels, *, alpha: float = 0.5, tau: float = 2.0,
@@ -103,43 +103,6 @@ def kd_loss_topk(student_logits, topk_values, topk_index, labels, *, alpha: floa
     per_pos = (log_pt.exp() * (log_pt - log_ps)).sum(-1)  # (N,)
     soft = (per_pos * mask).sum() / n
     return alpha * ce + (1 - alpha) * tau ** 2 * soft
-
-
-CURRICULA = ("none", "divergence")
-
-
-@dataclasses.dataclass
-class DistillConfig(StageConfig):
-    """The distillation objective. Defaults follow shared/research/prunenet-and-laws.md (tau = 2)."""
-
-    stage = "distill"
-    alpha: float = 0.5  # weight of the hard-label cross-entropy
-    tau: float = 2.0
-    divergence: str = "forward"  # forward | reverse | jsd
-    beta: float = 0.5  # the JSD's mixture weight
-    hidden_weight: float = 0.0  # weight of the hidden-state MSE between matched layers (0 = off)
-    cache_topk: int = 0  # cache the teacher's top-k logits once (0 = run the teacher live every step)
-    curriculum: str = "none"  # none | divergence (student-aware ordering, see KDObjective.on_step)
-    curriculum_every: int = 10  # steps per curriculum phase
-    curriculum_pool: float = 2.0  # candidates scored per block trained on
-    quiz_blocks: int = 8  # held-out (validation) blocks the curriculum watches
-
-    def validate(self) -> None:
-        check(0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1], got {self.alpha}")
-        check(self.tau > 0, f"tau must be > 0, got {self.tau}")
-        check(self.divergence in DIVERGENCES, f"divergence must be one of {', '.join(DIVERGENCES)}")
-        check(0.0 < self.beta < 1.0, "beta must be in (0, 1)")
-        check(self.hidden_weight >= 0, "hidden_weight must be >= 0")
-        check_int(self, "cache_topk", 0)
-        check(self.curriculum in CURRICULA, f"curriculum must be one of {', '.join(CURRICULA)}")
-        check_int(self, "curriculum_every", 1)
-        check(self.curriculum_pool >= 1.0, "curriculum_pool must be >= 1")
-        check_int(self, "quiz_blocks", 1)
-        if self.cache_topk and self.divergence != "forward":
-            raise ConfigError("a cached top-k teacher supports the forward KL only: use --divergence forward "
-                              "or run the teacher live (--cache-topk 0)")
-        if self.cache_topk and self.hidden_weight:
-            raise ConfigError("hidden-state alignment needs the live teacher: set --cache-topk 0 or --hidden-weight 0")
 
 
 class TeacherCache:

@@ -13,9 +13,11 @@ from .corpus import (
     iter_texts,
     load_corpus,
 )
+from .heldout import heldout_by_domain, heldout_texts, resolve_corpus
 from .sources import DEMO_DOMAINS, DemoDomain, SkipCounts, Source, open_source
 
 __all__ = [
     "DEMO_DOMAINS", "MANIFEST", "SPLITS", "CorpusConfig", "DemoDomain", "SkipCounts",
-    "Source", "build_corpus", "corpus_info", "demo_corpus", "iter_texts", "load_corpus", "open_source",
+    "Source", "build_corpus", "corpus_info", "demo_corpus", "heldout_by_domain", "heldout_texts", "iter_texts",
+    "load_corpus", "open_source", "resolve_corpus",
 ]

@@ -8,14 +8,19 @@ and gets a manifest with the sha256 of every file. The whole output directory ap
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 from .._io import atomic_path
+from ..artifacts import MODEL_FILES
+from ..config import EvalConfig, StageConfig, check, check_int
 from ..errors import ConfigError
+from ..runtime.base import open_artifact
 from .errors import ExportError
 from .manifest import write_manifest
 from .parity import check_parity, enforce
@@ -54,66 +59,83 @@ def parse_quants(fmt: str, quants: Sequence[str] | str) -> list[str]:
     return names
 
 
+@dataclasses.dataclass
+class ExportConfig(StageConfig):
+    """Where and how to export: ``out_dir/<format>-<quant>/`` per quantisation in ``quants``.
+
+    ``verify``: score every artifact against the torch source on ``max_bytes`` of ``domain``'s
+    held-out text (the parity gate); ``allow_degraded`` keeps an artifact that misses its gate (the
+    numbers are still recorded). ``overwrite`` replaces an existing ``out_dir``.
+    """
+
+    stage: ClassVar[str] = "export"
+    out_dir: str = ""
+    format: str = "gguf"
+    quants: tuple[str, ...] = ()
+    verify: bool = True
+    allow_degraded: bool = False
+    domain: str = "docs"
+    max_bytes: int = 6000
+    overwrite: bool = False
+
+    def validate(self) -> None:
+        check(isinstance(self.out_dir, (str, os.PathLike)) and str(self.out_dir) != "", "out_dir must be a directory path")
+        self.out_dir = str(self.out_dir)
+        self.quants = tuple(parse_quants(self.format, self.quants))
+        for name in ("verify", "allow_degraded", "overwrite"):
+            check(isinstance(getattr(self, name), bool), f"{name} must be true or false")
+        check(isinstance(self.domain, str) and self.domain != "", "domain must be a demo domain or a corpus directory")
+        check_int(self, "max_bytes", minimum=1)
+
+
 def _tokenizer_info(model_dir: Path) -> dict[str, Any]:
     cfg = json.loads((model_dir / "tokenizer_config.json").read_text()) if (model_dir / "tokenizer_config.json").exists() else {}
     return {"bos_token": cfg.get("bos_token"), "eos_token": cfg.get("eos_token"),
             "chat_template": bool(cfg.get("chat_template")), "file": "tokenizer.json"}
 
 
-def _artifact_backend(fmt: str, artifact: Path, n_ctx: int):
-    if fmt == "gguf":
-        from ..runtime.llamacpp import LlamaCppBackend
-
-        return LlamaCppBackend(artifact / "model.gguf", n_ctx=n_ctx)
-    from ..runtime.onnx import OnnxBackend
-
-    return OnnxBackend(artifact)
-
-
-def export_model(model: str | Path, out_dir: str | Path, *, format: str, quants: Sequence[str] | str,
-                 verify: bool = True, allow_degraded: bool = False, domain: str = "docs", max_bytes: int = 6000,
-                 overwrite: bool = False, log=print) -> list[dict[str, Any]]:
-    """Export ``model`` to ``format`` at each quantisation; returns the manifests."""
-    from ..config import EvalConfig
-    from ..eval import heldout_texts
+def export_model(model: str | Path, config: ExportConfig, *, log=print) -> list[dict[str, Any]]:
+    """Export ``model`` as ``config`` says, one gated artifact per quantisation; returns the manifests."""
+    from ..data import heldout_texts
     from ..models.torch_backend import TorchBackend
 
-    names = parse_quants(format, quants)
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
+    fmt = config.format
+    out_dir = Path(config.out_dir)
+    if out_dir.exists() and not config.overwrite:
         raise ExportError(f"{out_dir} already exists: pass --overwrite to replace it")
     src = source_directory(model)
     if not (src / "tokenizer.json").exists():
         raise ExportError(f"{src}: no tokenizer.json; save the tokenizer next to the model (tokenizer.save_pretrained)")
-    config = json.loads((src / "config.json").read_text())
+    model_config = json.loads((src / "config.json").read_text())
     n_ctx = 512
     source = texts = None
-    if verify:
-        texts, _ = heldout_texts(domain, EvalConfig(max_bytes=max_bytes))
+    if config.verify:
+        texts, _ = heldout_texts(config.domain, EvalConfig(max_bytes=config.max_bytes))
         source = TorchBackend.from_ref(str(src), context_length=n_ctx)
+    model_name = MODEL_FILES[fmt]
     manifests = []
     with atomic_path(out_dir) as tmp:
         work = tmp / ".work"
         work.mkdir(parents=True)
         t0 = time.perf_counter()
-        if format == "gguf":
+        if fmt == "gguf":
             from .gguf import export_gguf, quantize_gguf
 
             base = export_gguf(src, work / "model-f32.gguf", outtype="f32")
         else:
             from .onnx import export_onnx
 
-            base = export_onnx(src, work / "onnx-fp32", validate=False)
-        log(f"exported {format} in {time.perf_counter() - t0:.1f} s")
-        for q in names:
-            art = tmp / f"{format}-{q}"
+            base = export_onnx(src, work / "onnx-fp32")
+        log(f"exported {fmt} in {time.perf_counter() - t0:.1f} s")
+        for q in config.quants:
+            art = tmp / f"{fmt}-{q}"
             t0 = time.perf_counter()
-            if format == "gguf":
+            if fmt == "gguf":
                 art.mkdir()
                 if q == "f32":
-                    shutil.copyfile(base, art / "model.gguf")
+                    shutil.copyfile(base, art / model_name)
                 else:
-                    quantize_gguf(base, art / "model.gguf", q)
+                    quantize_gguf(base, art / model_name, q)
             else:
                 from .onnx import quantize_onnx
 
@@ -123,13 +145,13 @@ def export_model(model: str | Path, out_dir: str | Path, *, format: str, quants:
                     quantize_onnx(base, art, q)
             seconds = time.perf_counter() - t0
             parity = None
-            if verify:
-                with _artifact_backend(format, art, n_ctx) as exported:
+            if config.verify:
+                with open_artifact(art, **({"n_ctx": n_ctx} if fmt == "gguf" else {})) as exported:
                     result = check_parity(source, exported, texts, q)
                 log(("  " if result.passed else "  FAILED ") + result.summary())
-                parity = {**enforce(result, allow_degraded=allow_degraded).to_dict(), "domain": domain}
+                parity = {**enforce(result, allow_degraded=config.allow_degraded).to_dict(), "domain": config.domain}
             manifests.append(write_manifest(
-                art, format=format, quant=q, source_dir=src, context_length=config.get("max_position_embeddings"),
+                art, format=fmt, quant=q, source_dir=src, context_length=model_config.get("max_position_embeddings"),
                 tokenizer=_tokenizer_info(src), parity=parity, extra={"seconds": round(seconds, 2)}))
         shutil.rmtree(work)
     return manifests

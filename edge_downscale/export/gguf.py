@@ -27,7 +27,7 @@ import numpy as np
 
 from .._io import atomic_path
 from ..errors import require
-from ..models.gguf_file import check_gguf
+from ..runtime.gguf_file import check_gguf
 from .errors import ExportError
 
 OUTTYPES = ("f32", "f16")

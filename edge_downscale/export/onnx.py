@@ -1,12 +1,16 @@
 """ONNX export (optimum-onnx, with KV cache) and onnxruntime weight quantisation.
 
-    export_onnx("specialist/", "specialist-onnx/")                  # fp32, checked against torch
+    export_onnx("specialist/", "specialist-onnx/")                  # fp32, passes onnx.checker
     quantize_onnx("specialist-onnx/", "specialist-int4/", "int4")   # weight-only 4 bit, blocks of 32
 
 An export directory holds ``model.onnx`` (+ ``model.onnx_data`` past 2 GB), ``config.json``, the
-source's tokenizer files and ``export_info.json`` (versions, timing, parity). The runtime scores it
-with :class:`edge_downscale.runtime.onnx.OnnxBackend`, without torch. Every output appears
-atomically: a failed or refused export leaves nothing behind.
+source's tokenizer files and ``export_info.json`` (how it was made: options, versions, timing). The
+runtime scores it with :class:`edge_downscale.runtime.onnx.OnnxBackend`, without torch. Every output
+appears atomically: a failed or refused export leaves nothing behind.
+
+These functions check files (onnx.checker, finite weights), not quality: the one quality gate is
+:func:`edge_downscale.export.export_model`'s, bits-per-byte and KL against the torch source on
+held-out text, recorded in each artifact's ``model.json``.
 
 Quantisations (``ONNX_QUANTS``):
   int8  weight-only MatMulNBits, 8 bits, symmetric, one fp32 scale per ``block_size`` weights, with
@@ -28,17 +32,15 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
-
 from .. import __version__
 from .._env import library_versions
 from .._io import atomic_path
+from ..artifacts import MODEL_FILES
 from ..errors import EdgeDownscaleError, require
-from ..runtime.base import log_softmax
 from .errors import ExportError
 
 TASK = "text-generation-with-past"
-MODEL_FILE = "model.onnx"
+MODEL_FILE = MODEL_FILES["onnx"]
 INFO_FILE = "export_info.json"
 ONNX_QUANTS = ("int8", "int4", "fp16")
 NBITS = {"int8": 8, "int4": 4}  # both integer types are weight-only MatMulNBits
@@ -56,22 +58,18 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 # Dropped from exports: tokenizer.json holds the same tokenizer, and a GGUF-converted model's
 # tokenizer.model is the whole GGUF file (98 MB for SmolLM2-135M).
 SLOW_TOKENIZER_FILES = ("tokenizer.model", "vocab.json", "merges.txt")
-PARITY_TEXT = ("The quick brown fox jumps over the lazy dog. Every export is checked against the model "
-               "it came from, token by token, before anyone is allowed to rely on it.")
-PARITY_TOKENS = 32
 _PROTOBUF_LIMIT = 2**31  # one ONNX protobuf cannot exceed 2 GB: larger models keep weights outside
 
 
 # --------------------------------------------------------------------------------------- export
 
 
-def export_onnx(model_dir: str | Path, out_dir: str | Path, *, overwrite: bool = False, validate: bool = True,
-                atol: float = 1e-3, opset: int | None = None) -> Path:
+def export_onnx(model_dir: str | Path, out_dir: str | Path, *, overwrite: bool = False,
+                opset: int | None = None) -> Path:
     """Export an HF causal-LM directory to ONNX with a KV cache; return ``out_dir``.
 
     Refuses a directory without safetensors weights or ``tokenizer.json``, NaN/Inf weights, and an
-    existing ``out_dir`` unless ``overwrite``. With ``validate`` the export's log-probabilities on a
-    fixed text must match the torch model's within ``atol`` (max over positions and vocabulary).
+    existing ``out_dir`` unless ``overwrite``; the graph must pass ``onnx.checker`` (full check).
     """
     src, out = Path(model_dir), Path(out_dir)
     _check_source(src)
@@ -94,11 +92,10 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, overwrite: bool =
         for name in SLOW_TOKENIZER_FILES:
             (tmp / name).unlink(missing_ok=True)
         _check_onnx(tmp / MODEL_FILE)
-        parity = _torch_parity(src, tmp, atol) if validate else None
         _write_info(tmp, {
             "source": str(src.resolve()), "task": TASK, "format": "onnx", "quantization": "fp32",
             "opset": _opset(tmp / MODEL_FILE), "export_seconds": round(export_seconds, 3),
-            "model_bytes": onnx_bytes(tmp), "parity_vs_torch": parity, "versions": library_versions(),
+            "model_bytes": onnx_bytes(tmp), "versions": library_versions(),
         })
     return out
 
@@ -147,22 +144,6 @@ def _check_onnx(path: Path) -> None:
         raise ExportError(f"{path} fails onnx.checker (full_check): {e}") from e
 
 
-def _torch_parity(src: Path, onnx_dir: Path, atol: float) -> dict[str, Any]:
-    """Max |log p_onnx - log p_torch| over a fixed text (all positions, all vocabulary)."""
-    from ..models.torch_backend import TorchBackend
-    from ..runtime.onnx import OnnxBackend
-
-    with OnnxBackend(onnx_dir) as backend:
-        ids = (backend.prefix_ids + backend.tokenize(PARITY_TEXT))[:PARITY_TOKENS]
-        got = log_softmax(backend.logits(ids))  # (T, V)
-    want = log_softmax(TorchBackend.from_ref(str(src)).logits(ids))  # (T, V)
-    diff = float(np.abs(got - want).max())
-    if not diff <= atol:  # also catches NaN
-        raise ExportError(f"the ONNX export disagrees with the torch model: max |delta log p| = {diff:.3g} > "
-                          f"atol {atol:g} over {len(ids)} tokens; pass validate=False to keep it anyway")
-    return {"tokens": len(ids), "max_abs_logprob_diff": diff, "atol": atol}
-
-
 # ------------------------------------------------------------------------------------- quantize
 
 
@@ -174,8 +155,7 @@ def quantize_onnx(src_dir: str | Path, dst_dir: str | Path, quant: str, *, block
     int8/int4: ``block_size`` (a power of two >= 16) weights share one scale; ``symmetric`` (no zero
     point); ``accuracy_level`` onnxruntime's MatMulNBits compute type (default per type: ``ACCURACY_LEVEL``);
     ``keep_float``: substrings of MatMul node names left in float.
-    Config and tokenizer files are copied; ``export_info.json`` records the options and the drift of
-    next-token log-probs from the source export on a fixed text (for fp16 only where the CPU runs it).
+    Config and tokenizer files are copied; ``export_info.json`` records the options (``quant_options``).
     """
     if quant not in ONNX_QUANTS:
         raise ExportError(f"unknown ONNX quantisation {quant!r}; available: {', '.join(ONNX_QUANTS)}")
@@ -205,11 +185,10 @@ def quantize_onnx(src_dir: str | Path, dst_dir: str | Path, quant: str, *, block
         seconds = time.perf_counter() - t0
         _check_onnx(tmp / MODEL_FILE)
         info = _read_info(src)
-        info["source_parity_vs_torch"] = info.pop("parity_vs_torch", None)  # the fp32 export's, not this model's
         info.update({
             "quantization": quant, "quant_options": kwargs, "float_matmuls_kept": kept,
             "quantized_from": str(src.resolve()), "quantize_seconds": round(seconds, 3), "model_bytes": onnx_bytes(tmp),
-            "drift_vs_source": _onnx_drift(src, tmp, quant), "versions": library_versions(),
+            "versions": library_versions(),
         })
         _write_info(tmp, info)
     return dst
@@ -254,28 +233,6 @@ def _quantize_fp16(src: Path, dst: Path, *, large: bool) -> int:
 
 
 _QUANTIZERS: dict[str, Callable[..., int]] = {"int8": _quantize_nbits, "int4": _quantize_nbits, "fp16": _quantize_fp16}
-
-
-def _onnx_drift(src: Path, dst: Path, quant: str) -> dict[str, Any] | None:
-    """Log-prob drift of ``dst`` from ``src`` on the parity text; None for fp16 the CPU cannot run."""
-    from ..runtime.onnx import OnnxBackend
-
-    with OnnxBackend(src) as ref:
-        ids = (ref.prefix_ids + ref.tokenize(PARITY_TEXT))[:PARITY_TOKENS]
-        want = log_softmax(ref.logits(ids))  # (T, V)
-    try:
-        with OnnxBackend(dst) as backend:
-            got = log_softmax(backend.logits(ids))
-    except Exception as e:
-        if quant == "fp16":  # some fp16 kernels exist only on CUDA: not a fault of the conversion
-            return None
-        raise ExportError(f"the quantised model {dst} does not run on CPU: {e}") from e
-    if not np.all(np.isfinite(got)):
-        raise ExportError(f"the quantised model {dst} produces NaN/Inf logits; try another quantisation")
-    target = np.asarray(ids[1:])
-    got_t, want_t = got[np.arange(len(target)), target], want[np.arange(len(target)), target]  # (T-1,)
-    return {"tokens": len(ids), "max_abs_target_logprob_diff": float(np.abs(got_t - want_t).max()),
-            "nll_source": float(-want_t.mean()), "nll_quantized": float(-got_t.mean())}
 
 
 # ------------------------------------------------------------------------------------- helpers

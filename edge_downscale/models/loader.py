@@ -16,7 +16,7 @@ from typing import Any
 from .._io import atomic_path, cache_dir, sha256_file, write_json_atomic
 from ..errors import ModelFormatError, require
 from . import registry
-from .gguf_file import check_gguf
+from ..runtime.gguf_file import check_gguf
 
 
 @dataclasses.dataclass

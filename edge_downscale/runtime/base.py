@@ -13,10 +13,12 @@ from __future__ import annotations
 import abc
 import importlib
 import threading
+from pathlib import Path
 from typing import Any, ClassVar, Generator, Iterator, Sequence
 
 import numpy as np
 
+from ..artifacts import artifact_format, model_file
 from ..errors import ConfigError
 from .generation import (Chunk, ContextOverflowError, Generation, GenerationConfig, Scored, check_messages, collect,
                          default_meter, fit_context, render_chat, stream_tokens)
@@ -117,19 +119,19 @@ class Backend(abc.ABC):
         fitted, _ = fit_context(ids, 0, room, overflow)
         return fitted, full - len(fitted), template
 
-    def generate(self, prompt: str | Sequence[dict[str, str]], *, max_tokens: int = 128, temperature: float = 0.0,
-                 top_k: int = 0, top_p: float = 1.0, stop: Sequence[str] = (), seed: int | None = None,
-                 overflow: str = "truncate", stream: bool = False, meter: Any = _USE_DEFAULT,
-                 grid_g_per_kwh: float = 400.0) -> Generation | Iterator[Chunk]:
+    def generate(self, prompt: str | Sequence[dict[str, str]], config: GenerationConfig | None = None, *,
+                 stream: bool = False, meter: Any = _USE_DEFAULT, grid_g_per_kwh: float = 400.0,
+                 **options: Any) -> Generation | Iterator[Chunk]:
         """Generate from a prompt or chat messages; a :class:`Generation`, or chunks when ``stream``.
 
-        ``meter``: an :class:`~edge_downscale.runtime.energy.EnergyMeter` (default: the process-wide
+        ``config``: a :class:`~edge_downscale.runtime.generation.GenerationConfig`; ``options``
+        (``max_tokens=64``, ``temperature``...) replace its fields. ``meter``: an
+        :class:`~edge_downscale.runtime.energy.EnergyMeter` (default: the process-wide
         :func:`~edge_downscale.runtime.generation.default_meter`), or None to skip metering.
         """
         if "generate" not in self.capabilities:
             raise ConfigError(f"the {self.name} backend cannot generate; use llamacpp or onnx")
-        cfg = GenerationConfig(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                               stop=tuple(stop), seed=seed, overflow=overflow)
+        cfg = GenerationConfig.build(config, **options)
         meter = default_meter() if meter is _USE_DEFAULT else meter
         chunks = self._locked_stream(prompt, cfg, meter, grid_g_per_kwh)
         return chunks if stream else collect(chunks)
@@ -189,11 +191,11 @@ class Backend(abc.ABC):
         self.close()
 
 
-# name -> "module:Class"; imported on first use so a registry lookup never pulls in torch.
+# The device backends, name -> "module:Class", imported on first use (llama_cpp and onnxruntime are
+# extras). The torch backend is build-time only: edge_downscale.models.open_backend opens it.
 BACKENDS: dict[str, str] = {
     "llamacpp": "edge_downscale.runtime.llamacpp:LlamaCppBackend",
     "onnx": "edge_downscale.runtime.onnx:OnnxBackend",
-    "torch": "edge_downscale.models.torch_backend:TorchBackend",
 }
 
 
@@ -203,6 +205,26 @@ def backend_class(name: str) -> type[Backend]:
     except KeyError:
         raise ConfigError(f"unknown backend {name!r}; available: {', '.join(sorted(BACKENDS))}") from None
     return getattr(importlib.import_module(module), cls)
+
+
+# artifact format (edge_downscale.artifacts.MODEL_FILES) -> the backend that runs it
+FORMAT_BACKENDS: dict[str, str] = {"gguf": "llamacpp", "onnx": "onnx"}
+BACKEND_FORMATS: dict[str, str] = {b: f for f, b in FORMAT_BACKENDS.items()}
+
+
+def artifact_backend(artifact_dir: str | Path) -> str:
+    """``llamacpp`` for an export directory holding model.gguf, ``onnx`` for model.onnx."""
+    return FORMAT_BACKENDS[artifact_format(artifact_dir)]
+
+
+def open_artifact(artifact_dir: str | Path, backend: str | None = None, **options: Any) -> Backend:
+    """Open an export directory with the backend for its model file (``model.gguf`` -> llamacpp, ``model.onnx``
+    -> onnx), or with ``backend``; ``options`` go to the backend (``n_ctx``, ``n_threads``, ``device``...)."""
+    if backend is not None and backend not in BACKEND_FORMATS:
+        raise ConfigError(f"backend {backend!r} does not run exported artifacts; use one of "
+                          f"{', '.join(BACKEND_FORMATS)}")
+    backend = backend or artifact_backend(artifact_dir)
+    return backend_class(backend)(model_file(artifact_dir, BACKEND_FORMATS[backend]), **options)
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

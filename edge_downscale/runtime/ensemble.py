@@ -33,16 +33,18 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from .._io import sha256_file
-from ..artifacts import MANIFEST, verify_manifest
+from ..artifacts import MANIFEST, model_file, verify_manifest
 from ..config import StageConfig, check
-from ..errors import BundleError, ConfigError, EdgeDownscaleError
-from .base import BACKENDS, Backend, backend_class
+from ..errors import BundleError, ConfigError
+from .base import BACKEND_FORMATS, Backend, open_artifact
 from .energy import energy_fields
-from .generation import GenerationConfig, Usage
+from .generation import GenerationConfig, default_meter
+from .response import MemberError, Response, ResponseChunk
+from .router import load_router
+from .strategies import STRATEGIES, make_strategy
 
 ENSEMBLE_FILE = "ensemble.json"
 BUNDLE_VERSION = 1
-_MODEL_FILES = {"llamacpp": "model.gguf", "onnx": "model.onnx"}
 
 
 @dataclasses.dataclass
@@ -61,8 +63,8 @@ class MemberSpec(StageConfig):
     def validate(self) -> None:
         check(isinstance(self.name, str) and self.name.strip() != "", "member name must be a non-empty string")
         check(isinstance(self.path, str) and self.path != "", f"member {self.name!r}: path must be a non-empty string")
-        check(self.backend in BACKENDS and self.backend != "torch",
-              f"member {self.name!r}: backend must be llamacpp or onnx, got {self.backend!r}")
+        check(self.backend in BACKEND_FORMATS,
+              f"member {self.name!r}: backend must be {' or '.join(BACKEND_FORMATS)}, got {self.backend!r}")
         check(isinstance(self.options, dict), f"member {self.name!r}: options must be an object")
         check(self.cost is None or self.cost > 0, f"member {self.name!r}: cost must be > 0")
         check(self.memory_mb is None or self.memory_mb > 0, f"member {self.name!r}: memory_mb must be > 0")
@@ -81,8 +83,6 @@ class EnsembleSpec(StageConfig):
     version: int = BUNDLE_VERSION
 
     def validate(self) -> None:
-        from .strategies import STRATEGIES
-
         check(self.version == BUNDLE_VERSION, f"bundle version {self.version} is not supported (expected {BUNDLE_VERSION}); rebuild it")
         check(isinstance(self.members, list) and len(self.members) >= 1, "a bundle needs at least one member")
         self.members = [m if isinstance(m, MemberSpec) else MemberSpec.from_dict(m) for m in self.members]
@@ -97,36 +97,6 @@ class EnsembleSpec(StageConfig):
         d = dataclasses.asdict(self)
         d["members"] = [m.to_dict() if isinstance(m, MemberSpec) else m for m in self.members]
         return d
-
-
-@dataclasses.dataclass
-class Response:
-    """What an ensemble answered, who answered and why, and what it cost (summed over members)."""
-
-    strategy: str
-    members: list[str]  # the member(s) whose output is the answer
-    reason: str  # one human-readable line
-    usage: Usage
-    text: str | None = None  # generate
-    finish_reason: str | None = None
-    choice: int | None = None  # choose: index of the chosen option
-    option_scores: list[float] | None = None  # choose: combined score per option
-    logprob: float | None = None  # score: total log-probability of the text
-    bits_per_byte: float | None = None  # score
-    details: dict[str, Any] = dataclasses.field(default_factory=dict)  # router decision, cascade levels, votes
-    fallbacks: list[dict[str, str]] = dataclasses.field(default_factory=list)  # {"member", "error"} per failure
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclasses.dataclass
-class ResponseChunk:
-    """Streamed text; ``restart`` means the text so far was discarded (a member failed mid-stream)."""
-
-    text: str
-    final: Response | None = None
-    restart: bool = False
 
 
 class Member:
@@ -149,10 +119,8 @@ class Member:
         if not self.verified:
             verify_manifest(self.dir)  # every file against model.json, before a native library reads it
             self.verified = True
-        cls = backend_class(self.spec.backend)
-        target = self.dir / _MODEL_FILES[self.spec.backend] if self.spec.backend == "llamacpp" else self.dir
         try:
-            return cls(target, **self.spec.options)
+            return open_artifact(self.dir, self.spec.backend, **self.spec.options)
         except TypeError as e:
             raise ConfigError(f"member {self.name!r}: invalid backend options {self.spec.options} ({e})") from e
 
@@ -160,17 +128,10 @@ class Member:
         return f"Member({self.name!r}, {self.spec.backend}, domain={self.domain!r}, loaded={self.backend is not None})"
 
 
-class MemberError(EdgeDownscaleError):
-    """A member raised while answering; strategies catch it to fall back."""
-
-
 class Ensemble:
     """Exported specialists behind one strategy. Thread-safe; members load lazily (LRU under a budget)."""
 
     def __init__(self, spec: EnsembleSpec, root: str | Path, *, meter: Any = None, strategy_options: dict | None = None):
-        from .generation import default_meter
-        from .strategies import make_strategy
-
         self.spec = spec
         self.root = Path(root)
         self.members: dict[str, Member] = {}
@@ -186,8 +147,6 @@ class Ensemble:
         self._stats_lock = threading.Lock()
         self.router = None
         if spec.router:
-            from .router import load_router
-
             self.router = load_router(self.root, spec.router)
         options = {**spec.strategy_options, **(strategy_options or {})}
         self.strategy = make_strategy(spec.strategy, self, options)
@@ -221,7 +180,7 @@ class Ensemble:
             manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
         except ValueError as e:
             raise BundleError(f"member {spec.name!r}: unreadable {manifest_file} ({e})") from e
-        expected = _MODEL_FILES[spec.backend]
+        expected = model_file(directory, BACKEND_FORMATS[spec.backend]).name
         if expected not in manifest.get("files", {}):
             raise BundleError(f"member {spec.name!r}: {spec.backend} needs {expected}, "
                               f"but {directory} holds {sorted(manifest.get('files', {}))}")
@@ -318,10 +277,9 @@ class Ensemble:
         except Exception as e:  # noqa: BLE001 - a member's failure is reported, not fatal
             raise MemberError(f"member {name!r} failed: {type(e).__name__}: {e}") from e
 
-    def generation_kwargs(self, cfg: GenerationConfig) -> dict[str, Any]:
-        return dict(max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                    stop=cfg.stop, seed=cfg.seed, overflow=cfg.overflow, meter=self.meter,
-                    grid_g_per_kwh=self.grid_g_per_kwh)
+    def run_generation(self, backend: Backend, prompt, cfg: GenerationConfig, *, stream: bool = False):
+        """``backend.generate`` with this ensemble's meter and grid intensity."""
+        return backend.generate(prompt, cfg, stream=stream, meter=self.meter, grid_g_per_kwh=self.grid_g_per_kwh)
 
     def record(self, response: Response) -> Response:
         with self._stats_lock:
@@ -339,12 +297,13 @@ class Ensemble:
 
     # --- the API -----------------------------------------------------------------------------
 
-    def generate(self, prompt: str | Sequence[dict[str, str]], *, max_tokens: int = 128, temperature: float = 0.0,
-                 top_k: int = 0, top_p: float = 1.0, stop: Sequence[str] = (), seed: int | None = None,
-                 overflow: str = "truncate", stream: bool = False) -> Response | Iterator[ResponseChunk]:
-        """Answer a prompt or chat messages with the bundle's strategy (chunks when ``stream``)."""
-        cfg = GenerationConfig(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                               stop=tuple(stop), seed=seed, overflow=overflow)
+    def generate(self, prompt: str | Sequence[dict[str, str]], config: GenerationConfig | None = None, *,
+                 stream: bool = False, **options: Any) -> Response | Iterator[ResponseChunk]:
+        """Answer a prompt or chat messages with the bundle's strategy (chunks when ``stream``).
+
+        ``config``: a :class:`GenerationConfig`; ``options`` (``max_tokens=64``...) replace its fields.
+        """
+        cfg = GenerationConfig.build(config, **options)
         chunks = self._recorded(self.strategy.generate(prompt, cfg))
         if stream:
             return chunks

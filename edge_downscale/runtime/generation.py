@@ -65,6 +65,18 @@ class GenerationConfig(StageConfig):
         check(all(isinstance(s, str) and s for s in self.stop), "stop must be a list of non-empty strings")
         check(self.overflow in OVERFLOW_POLICIES, f"overflow must be one of {', '.join(OVERFLOW_POLICIES)}, got {self.overflow!r}")
 
+    @classmethod
+    def build(cls, config: "GenerationConfig | None" = None, **options: Any) -> "GenerationConfig":
+        """``config`` (default: the defaults) with the fields named in ``options`` replaced, validated.
+
+        ``generate(prompt, max_tokens=64)`` and ``generate(prompt, GenerationConfig(max_tokens=64))`` are
+        the same request; an unknown option is a ConfigError that lists the fields.
+        """
+        if config is not None and not isinstance(config, cls):
+            raise ConfigError(f"expected a GenerationConfig, got {type(config).__name__}")
+        base = config if config is not None else cls()
+        return cls.from_dict({**base.to_dict(), **options}) if options else base
+
 
 @dataclasses.dataclass
 class Usage:

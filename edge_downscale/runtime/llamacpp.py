@@ -8,7 +8,7 @@ from typing import Generator, Sequence
 import numpy as np
 
 from ..errors import require
-from ..models.gguf_file import check_gguf
+from .gguf_file import check_gguf
 from .generation import ContextOverflowError
 from .base import END_OF_TURN_TEXTS, Backend, log_softmax_gather
 

@@ -15,11 +15,12 @@ from typing import Generator, Sequence
 
 import numpy as np
 
+from ..artifacts import MODEL_FILES
 from ..errors import ConfigError, MissingDependencyError, ModelFormatError, require
 from .generation import ContextOverflowError
 from .base import END_OF_TURN_TEXTS, Backend, log_softmax_gather
 
-MODEL_FILE = "model.onnx"
+MODEL_FILE = MODEL_FILES["onnx"]
 DEVICES = ("cpu", "cuda", "auto")
 _NP_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 

@@ -7,7 +7,8 @@
   confidence passes that level's threshold, else the request escalates; the last level always
   answers. Confidence is the mean (or min) token log-probability of the generated text, the mean
   token log-probability of a scored text, or the top option's probability for a choice. Thresholds
-  are calibrated on held-out data for a target acceptance rate (:func:`calibrate_cascade`), as in
+  are calibrated on held-out data for a target acceptance rate when the bundle is built
+  (:func:`edge_downscale.bundle.calibrate_cascade`), as in
   FrugalGPT-style cascades; ``Ensemble.stats["levels"]`` counts how often each level answered.
 * **vote** -- every member answers. For choices, members' option log-probabilities are normalised
   per member (log-softmax over the options) and combined: ``sum`` (product of experts) or
@@ -32,8 +33,8 @@ import numpy as np
 from ..config import StageConfig, check
 from ..errors import BundleError, ConfigError
 from .base import Backend
-from .ensemble import Ensemble, MemberError, Response, ResponseChunk
 from .generation import Generation, GenerationConfig, Usage, check_messages
+from .response import MemberError, Response, ResponseChunk
 
 CONFIDENCES = ("mean_logprob", "min_logprob")
 KINDS = ("generate", "score", "choose")
@@ -67,13 +68,17 @@ def _usage_of(gen: Generation | None) -> Usage:
 
 
 class Strategy(abc.ABC):
-    """One way to combine members. Subclasses set ``name``, ``options_cls`` and the three calls."""
+    """One way to combine members. Subclasses set ``name``, ``options_cls`` and the three calls.
+
+    ``ensemble`` is the :class:`~edge_downscale.runtime.ensemble.Ensemble` that owns the strategy
+    (not imported here: the ensemble imports its strategies, never the reverse).
+    """
 
     name: ClassVar[str] = "strategy"
     capabilities: ClassVar[frozenset[str]] = frozenset()  # "streaming": generate streams as tokens come
     options_cls: ClassVar[type[StageConfig]]
 
-    def __init__(self, ensemble: Ensemble, options: dict[str, Any]):
+    def __init__(self, ensemble, options: dict[str, Any]):
         self.ens = ensemble
         self.options = self.options_cls.from_dict(options)
 
@@ -101,8 +106,7 @@ class Strategy(abc.ABC):
             return None
 
     def _generate_one(self, name: str, prompt, cfg: GenerationConfig, fallbacks) -> Generation | None:
-        kwargs = self.ens.generation_kwargs(cfg)
-        return self._call(name, lambda b: b.generate(prompt, stream=False, **kwargs), fallbacks)
+        return self._call(name, lambda b: self.ens.run_generation(b, prompt, cfg), fallbacks)
 
     def _all_failed(self, fallbacks) -> BundleError:
         return BundleError("every member failed: " + "; ".join(f["error"] for f in fallbacks))
@@ -123,7 +127,7 @@ class RouteStrategy(Strategy):
     capabilities = frozenset({"streaming"})
     options_cls = RouteOptions
 
-    def __init__(self, ensemble: Ensemble, options: dict[str, Any]):
+    def __init__(self, ensemble, options: dict[str, Any]):
         super().__init__(ensemble, options)
         if ensemble.router is None:
             raise BundleError("the route strategy needs a router: build the bundle with router corpora "
@@ -159,13 +163,12 @@ class RouteStrategy(Strategy):
 
     def generate(self, prompt, cfg: GenerationConfig) -> Iterator[ResponseChunk]:
         order, info = self.order(prompt_text(prompt))
-        kwargs = self.ens.generation_kwargs(cfg)
         fallbacks: list[dict[str, str]] = []
         for name in order:
             emitted, final = False, None
             try:
                 with self.ens.use(name) as backend:
-                    for chunk in backend.generate(prompt, stream=True, **kwargs):
+                    for chunk in self.ens.run_generation(backend, prompt, cfg, stream=True):
                         if chunk.final is not None:
                             final = chunk.final
                         elif chunk.text:
@@ -240,7 +243,7 @@ class CascadeStrategy(Strategy):
     name = "cascade"
     options_cls = CascadeOptions
 
-    def __init__(self, ensemble: Ensemble, options: dict[str, Any]):
+    def __init__(self, ensemble, options: dict[str, Any]):
         super().__init__(ensemble, options)
         order = list(self.options.order) or ensemble.members_by_cost()
         unknown = [n for n in order if n not in ensemble.members]
@@ -254,8 +257,8 @@ class CascadeStrategy(Strategy):
         values = self.options.thresholds.get(kind)
         if values is None or len(values) < len(self.levels) - 1:
             raise BundleError(f"the cascade has no calibrated {kind} thresholds for {len(self.levels)} levels; "
-                              "calibrate it (edge_downscale.runtime.strategies.calibrate_cascade or "
-                              "edge-downscale bundle build --calibrate)")
+                              "calibrate it (edge_downscale.bundle.calibrate_cascade or "
+                              "edge-downscale bundle build --calibrate-corpus)")
         return float(values[level])
 
     def _run(self, kind: str, fn, confidence) -> tuple[int, str, Any, list[dict], list[dict]]:
@@ -287,13 +290,12 @@ class CascadeStrategy(Strategy):
         return f"cascade level {level} ({name}): confidence {rec['confidence']:.3f} >= {rec['threshold']:.3f}"
 
     def generate(self, prompt, cfg: GenerationConfig) -> Iterator[ResponseChunk]:
-        kwargs = self.ens.generation_kwargs(cfg)
         usage = Usage()
         kind = self.options.confidence
 
         def run(b: Backend) -> Generation:
             nonlocal usage
-            gen = b.generate(prompt, stream=False, **kwargs)
+            gen = self.ens.run_generation(b, prompt, cfg)
             usage = usage.add(gen.usage)
             return gen
 
@@ -316,52 +318,6 @@ class CascadeStrategy(Strategy):
         return Response(self.name, [name], self._reason(level, name, records), Usage(), choice=int(np.argmax(lps)),
                         option_scores=[float(x) for x in lps], details={"level": level, "levels": records},
                         fallbacks=fallbacks)
-
-
-def calibrate_cascade(ensemble: Ensemble, *, prompts: Sequence[str] = (), texts: Sequence[str] = (),
-                      choices: Sequence[tuple[str, Sequence[str]]] = (), target_acceptance: float = 0.5,
-                      max_tokens: int = 32, progress=None) -> dict[str, Any]:
-    """Per-level thresholds so that each level (but the last) accepts ``target_acceptance`` of held-out requests.
-
-    For every kind with data (generation ``prompts``, scored ``texts``, ``choices`` as
-    (context, options)), each level's confidence is measured on all the data and its threshold set
-    at the ``1 - target_acceptance`` quantile. Returns the options to store (``thresholds`` and
-    ``calibration``: the per-level acceptance actually reached on the calibration data).
-    """
-    check(0 < target_acceptance <= 1, f"target_acceptance must be in (0, 1], got {target_acceptance}")
-    strategy = ensemble.strategy
-    if not isinstance(strategy, CascadeStrategy):
-        raise ConfigError("calibrate_cascade needs an ensemble whose strategy is cascade")
-    kind = strategy.options.confidence
-    cfg = GenerationConfig(max_tokens=max_tokens)
-    measures = {
-        "generate": (prompts, lambda b, p: generation_confidence(
-            b.generate(p, stream=False, **ensemble.generation_kwargs(cfg)), kind)),
-        "score": (texts, lambda b, t: b.score(t).mean),
-        "choose": (choices, lambda b, c: float(option_probs(b.option_logprobs(c[0], list(c[1]))).max())),
-    }
-    thresholds, calibration = {}, {"target_acceptance": target_acceptance, "confidence": kind, "acceptance": {}}
-    for name, (data, measure) in measures.items():
-        if not data:
-            continue
-        values, reached = [], []
-        for level in strategy.levels[:-1]:
-            with ensemble.use(level) as backend:
-                conf = np.array([measure(backend, item) for item in data])  # (n,)
-            if progress is not None:
-                progress.update(1)
-            thr = float(np.quantile(conf, 1 - target_acceptance)) if target_acceptance < 1 else float(conf.min())
-            values.append(thr)
-            reached.append(float((conf >= thr).mean()))
-        thresholds[name] = values
-        calibration["acceptance"][name] = reached
-        calibration[f"n_{name}"] = len(data)
-    if not thresholds:
-        raise ConfigError("calibrate_cascade needs held-out prompts, texts or choices")
-    options = {**strategy.options.to_dict(), "thresholds": {**strategy.options.thresholds, **thresholds},
-               "calibration": calibration}
-    strategy.options = CascadeOptions.from_dict(options)
-    return options
 
 
 # --- vote ---------------------------------------------------------------------------------------
@@ -394,7 +350,7 @@ class VoteStrategy(Strategy):
     name = "vote"
     options_cls = VoteOptions
 
-    def __init__(self, ensemble: Ensemble, options: dict[str, Any]):
+    def __init__(self, ensemble, options: dict[str, Any]):
         super().__init__(ensemble, options)
         names = list(self.options.members) or list(ensemble.members)
         unknown = [n for n in names + list(self.options.weights) if n not in ensemble.members]
@@ -508,7 +464,7 @@ class VoteStrategy(Strategy):
 STRATEGIES: dict[str, type[Strategy]] = {"route": RouteStrategy, "cascade": CascadeStrategy, "vote": VoteStrategy}
 
 
-def make_strategy(name: str, ensemble: Ensemble, options: dict[str, Any]) -> Strategy:
+def make_strategy(name: str, ensemble, options: dict[str, Any]) -> Strategy:
     try:
         cls = STRATEGIES[name]
     except KeyError:

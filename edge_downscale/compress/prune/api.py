@@ -1,18 +1,21 @@
-"""``prune_``: one entry point for every method; reports and standard HF outputs."""
+"""``prune_``: one entry point for every method; ``prune_to_dirs`` + :class:`PruneConfig`: the ``prune`` stage."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 from ... import __version__
 from ..._io import atomic_path, write_json_atomic
+from ...config import StageConfig, check, check_int, is_number
 from ...errors import ConfigError, require
 from .ffn import PruneError, check_finite, ffn_layers, ffn_width, kept_width, layout_for, slice_ffn_
 from .methods import METHODS, CALIBRATION_FREE, activation_scores, magnitude_scores, policy_scores, random_scores
-from .prunenet import PruneNetPolicy, spectrum_ks
+from .prunenet import PruneNetConfig, PruneNetPolicy, spectrum_ks
 
 REPORT = "pruning_report.json"
 
@@ -85,11 +88,10 @@ def save_pruned(model, tokenizer, out_dir: str | Path, report: dict[str, Any], *
 
 def calibration_sequences(tokenizer, domain: str = "docs", *, n: int = 16, length: int = 256) -> list[list[int]]:
     """``n`` token sequences of exactly ``length`` tokens from a corpus's *train* split (for 'activation')."""
-    from ...eval import corpus_dir
-    from ...data import load_corpus
+    from ...data import load_corpus, resolve_corpus
 
     ids: list[int] = []
-    for text in load_corpus(corpus_dir(domain))["train"]["text"]:
+    for text in load_corpus(resolve_corpus(domain))["train"]["text"]:
         ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
         if len(ids) >= n * length:
             break
@@ -99,10 +101,53 @@ def calibration_sequences(tokenizer, domain: str = "docs", *, n: int = 16, lengt
     return seqs
 
 
-def prune_to_dirs(model_ref: str, ratios: Sequence[float], out_dir: str | Path, *, method: str = "prunenet",
-                  policy_dir: str | Path | None = None, config=None, calib_domain: str = "docs",
-                  multiple: int = 64, seed: int = 0, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Learn (or load) once, prune at every ratio, write ``out_dir/r0.30/`` HF directories.
+@dataclasses.dataclass
+class PruneConfig(StageConfig):
+    """What :func:`prune_to_dirs` (the ``prune`` command) prunes, how, and where it writes.
+
+    ``out_dir`` gets one HF directory per ratio (``r0.30/``), ``policy/`` (PruneNet) and ``summary.json``.
+    ``ratios``: fractions of each FFN's width to remove. ``policy_dir``: reuse a learned PruneNet policy
+    instead of learning one. ``prunenet``: policy-learning settings (None = the defaults, with this
+    ``multiple`` and ``seed``). ``calib_domain``: calibration text of the ``activation`` method.
+    """
+
+    stage: ClassVar[str] = "prune"
+    out_dir: str
+    ratios: tuple[float, ...] = (0.2, 0.3, 0.5)
+    method: str = "prunenet"
+    policy_dir: str | None = None
+    prunenet: PruneNetConfig | None = None
+    calib_domain: str = "docs"
+    multiple: int = 64
+    seed: int = 0
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.out_dir, os.PathLike):
+            self.out_dir = os.fspath(self.out_dir)
+        if isinstance(self.policy_dir, os.PathLike):
+            self.policy_dir = os.fspath(self.policy_dir)
+        if isinstance(self.prunenet, dict):  # the JSON form
+            self.prunenet = PruneNetConfig.from_dict(self.prunenet)
+        super().__post_init__()
+
+    def validate(self) -> None:
+        check(isinstance(self.out_dir, str) and bool(self.out_dir), f"out_dir must be a directory path, got {self.out_dir!r}")
+        check(isinstance(self.ratios, tuple) and len(self.ratios) > 0, "give at least one ratio, e.g. --ratios 0.2,0.3,0.5")
+        for r in self.ratios:
+            check(is_number(r) and 0 < r < 1, f"ratio must be in (0, 1), got {r!r}")
+        check(self.method in METHODS, f"unknown pruning method {self.method!r}; available: {', '.join(METHODS)}")
+        check(self.policy_dir is None or isinstance(self.policy_dir, str), "policy_dir must be a directory path or None")
+        check(self.prunenet is None or isinstance(self.prunenet, PruneNetConfig),
+              "prunenet must be a PruneNetConfig (or its JSON object) or None")
+        check(isinstance(self.calib_domain, str), "calib_domain must be a demo domain or corpus directory")
+        check_int(self, "multiple", 1)
+        check_int(self, "seed")
+        check(isinstance(self.overwrite, bool), "overwrite must be true or false")
+
+
+def prune_to_dirs(model_ref: str, config: PruneConfig, *, progress: bool = True) -> dict[str, Any]:
+    """Learn (or load) once, prune at every ratio, write ``config.out_dir/r0.30/`` HF directories.
 
     ``out_dir`` also gets ``policy/`` (PruneNet) and ``summary.json``. The whole directory appears
     atomically: an interrupted run leaves nothing that looks finished.
@@ -110,15 +155,12 @@ def prune_to_dirs(model_ref: str, ratios: Sequence[float], out_dir: str | Path, 
     import copy
 
     from ...models import load_torch
-    from .prunenet import PruneNetConfig, learn_policy
+    from .prunenet import learn_policy
 
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
+    out_dir, ratios, method, multiple, seed = (Path(config.out_dir), config.ratios, config.method, config.multiple,
+                                               config.seed)
+    if out_dir.exists() and not config.overwrite:
         raise PruneError(f"{out_dir} already exists: pass --overwrite to replace it")
-    if not ratios:
-        raise ConfigError("give at least one ratio, e.g. --ratios 0.2,0.3,0.5")
-    if method not in METHODS:
-        raise ConfigError(f"unknown pruning method {method!r}; available: {', '.join(METHODS)}")
     model, tokenizer, info = load_torch(model_ref)
     layout_for(model)
     for r in ratios:  # fail on a bad ratio before minutes of policy learning
@@ -126,14 +168,15 @@ def prune_to_dirs(model_ref: str, ratios: Sequence[float], out_dir: str | Path, 
     check_finite(model)
     summary: dict[str, Any] = {"model": model_ref, "source": info, "method": method, "ratios": list(ratios), "outputs": {}}
     t0 = time.perf_counter()
-    calibration = calibration_sequences(tokenizer, calib_domain) if method == "activation" else None
+    calibration = calibration_sequences(tokenizer, config.calib_domain) if method == "activation" else None
     policy = None
     if method == "prunenet":
-        if policy_dir is not None:
-            policy = PruneNetPolicy.load(policy_dir)
-            summary["policy"] = {"loaded_from": str(policy_dir)}
+        if config.policy_dir is not None:
+            policy = PruneNetPolicy.load(config.policy_dir)
+            summary["policy"] = {"loaded_from": str(config.policy_dir)}
         else:
-            policy = learn_policy(model, config or PruneNetConfig(multiple=multiple, seed=seed), progress=progress)
+            policy = learn_policy(model, config.prunenet or PruneNetConfig(multiple=multiple, seed=seed),
+                                  progress=progress)
             summary["policy"] = {"seconds": policy.meta["seconds"], "best_reward": policy.meta["best_reward"]}
     _, scores = row_scores(model, policy if policy is not None else method, seed=seed, calibration=calibration)
     with atomic_path(out_dir) as tmp:

@@ -25,7 +25,6 @@ What a run guarantees:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import math
@@ -34,220 +33,21 @@ import shutil
 import signal
 import time
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from .. import __version__
-from .._io import atomic_path, write_json_atomic
-from ..config import StageConfig, check, check_int
-from ..errors import ConfigError, CorpusError, EdgeDownscaleError, require
+from ... import __version__
+from ..._io import write_json_atomic
+from ...errors import ConfigError, require
+from .checkpoints import (
+    CHECKPOINTS, LOG, RUN, SUMMARY, list_checkpoints, load_checkpoint, save_checkpoint, trainable_named,
+    weights_fingerprint,
+)
+from .config import TrainConfig, TrainingError, TrainingInterrupted, lr_at
+from .packing import Sampler, TextSplits, blocks_digest, make_source
 
-TRAIN_MODES = ("all", "ffn", "lora")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-LOG = "train_log.jsonl"
-RUN = "run.json"
-SUMMARY = "eval_summary.json"
-CHECKPOINTS = "checkpoints"
 FFN_NAMES = ("gate_proj", "up_proj", "down_proj")
-
-
-class TrainingError(EdgeDownscaleError):
-    """Training cannot start or had to stop (too little data, NaN loss, out of memory, foreign checkpoint)."""
-
-
-class TrainingInterrupted(TrainingError):
-    """Ctrl-C: a checkpoint was written; rerun with resume to continue."""
-
-    exit_code = 130
-
-
-@dataclasses.dataclass
-class TrainConfig(StageConfig):
-    """How long and how to train. Shared by ``adapt`` and ``distill``."""
-
-    stage = "train"
-    token_budget: int = 65536  # tokens trained on (domain + replay), the budget D of the laws
-    seq_len: int = 256
-    batch_size: int = 8  # sequences per optimizer step (all processes together)
-    micro_batch: int = 0  # sequences per forward/backward; 0 = batch_size (no accumulation)
-    lr: float = 2e-4
-    warmup_ratio: float = 0.05
-    min_lr_ratio: float = 0.1  # the cosine decays to lr * min_lr_ratio
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    train: str = "ffn"  # all | ffn (only the FFNs, the part pruning changed) | lora
-    lora_rank: int = 16
-    lora_alpha: float = 32.0
-    lora_targets: tuple = ("gate_proj", "up_proj", "down_proj", "q_proj", "k_proj", "v_proj", "o_proj")
-    domain_share: float = 1.0  # r: share of domain tokens in the mixture (1 = no replay)
-    eval_every: int = 0  # steps between validation passes (0 = at the start and the end only)
-    eval_tokens: int = 8192  # validation tokens per pass, per corpus
-    checkpoint_every: int = 50  # steps between checkpoints (0 = none)
-    keep_checkpoints: bool = False  # keep checkpoints after a finished run
-    precision: str = "auto"  # auto = bf16 on CUDA when supported, else fp32
-    device: str = "auto"  # auto | cpu | cuda
-    seed: int = 0
-    threads: int = 0  # torch CPU threads; 0 = leave torch's default
-
-    def validate(self) -> None:
-        for name in ("token_budget", "seq_len", "batch_size", "micro_batch", "eval_every", "eval_tokens",
-                     "checkpoint_every", "lora_rank", "seed", "threads"):
-            check_int(self, name, 0)
-        check(self.token_budget > 0 and self.seq_len >= 8 and self.batch_size > 0,
-              "token_budget, batch_size must be > 0 and seq_len >= 8")
-        check(self.micro_batch == 0 or self.batch_size % self.micro_batch == 0,
-              f"batch_size ({self.batch_size}) must be a multiple of micro_batch ({self.micro_batch})")
-        check(self.lr > 0 and 0 <= self.warmup_ratio < 1 and 0 <= self.min_lr_ratio <= 1,
-              "lr must be > 0, warmup_ratio in [0, 1), min_lr_ratio in [0, 1]")
-        check(self.weight_decay >= 0 and self.max_grad_norm >= 0, "weight_decay and max_grad_norm must be >= 0")
-        check(self.train in TRAIN_MODES, f"train must be one of {', '.join(TRAIN_MODES)}, got {self.train!r}")
-        check(self.lora_rank > 0 and self.lora_alpha > 0, "lora_rank and lora_alpha must be > 0")
-        check(0 < self.domain_share <= 1, f"domain_share must be in (0, 1], got {self.domain_share}")
-        check(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}")
-        check(self.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda")
-
-    @property
-    def tokens_per_step(self) -> int:
-        return self.batch_size * self.seq_len
-
-    @property
-    def steps(self) -> int:
-        return max(1, self.token_budget // self.tokens_per_step)
-
-    def fingerprint_dict(self) -> dict[str, Any]:
-        """The fields that change what is learned (resume must match them); logging cadence does not."""
-        d = self.to_dict()
-        for k in ("eval_every", "eval_tokens", "checkpoint_every", "keep_checkpoints", "device", "threads"):
-            d.pop(k)
-        return d
-
-
-def lr_at(step: int, config: TrainConfig) -> float:
-    """Linear warm-up then cosine decay to ``lr * min_lr_ratio`` (step counts from 0)."""
-    total = config.steps
-    warm = int(config.warmup_ratio * total)
-    if step < warm:
-        return config.lr * (step + 1) / warm
-    progress = (step - warm) / max(1, total - warm)
-    floor = config.lr * config.min_lr_ratio
-    return floor + (config.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-# ----------------------------------------------------------------------------- data
-@dataclasses.dataclass
-class TextSplits:
-    """A corpus as lists of documents: train (what is learned) and validation (what is scored)."""
-
-    name: str
-    train: list[str]
-    validation: list[str]
-
-
-def load_splits(source: str | os.PathLike | TextSplits) -> TextSplits:
-    """A demo domain name (``docs``), a corpus directory (``data build`` output) or :class:`TextSplits`."""
-    if isinstance(source, TextSplits):
-        return source
-    from ..data import DEMO_DOMAINS, demo_corpus, load_corpus
-
-    path = Path(source)
-    if not path.exists():
-        if str(source) not in DEMO_DOMAINS:
-            raise CorpusError(f"{source}: neither a corpus directory nor a demo domain "
-                              f"({', '.join(sorted(DEMO_DOMAINS))}); build one with `edge-downscale data build`")
-        path = demo_corpus(str(source))
-    ds = load_corpus(path)
-    return TextSplits(name=str(source), train=list(ds["train"]["text"]), validation=list(ds["validation"]["text"]))
-
-
-def pack(tokenizer, texts: Iterable[str], block: int, *, max_blocks: int | None = None) -> np.ndarray:
-    """Tokenize documents, join them with EOS, cut into non-overlapping blocks: (N, block) int64."""
-    eos = tokenizer.eos_token_id
-    ids: list[int] = []
-    for text in texts:
-        ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
-        if eos is not None:
-            ids.append(eos)
-        if max_blocks and len(ids) >= max_blocks * block:
-            break
-    n = len(ids) // block
-    if max_blocks:
-        n = min(n, max_blocks)
-    return np.asarray(ids[:n * block], dtype=np.int64).reshape(n, block)
-
-
-def blocks_digest(blocks: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(blocks).tobytes()).hexdigest()[:16]
-
-
-@dataclasses.dataclass
-class Source:
-    """One corpus packed into blocks of ``seq_len + 1`` tokens (inputs are [:-1], labels [1:])."""
-
-    name: str
-    train: np.ndarray  # (N, seq_len + 1)
-    validation: np.ndarray  # (M, seq_len + 1)
-
-
-def make_source(tokenizer, splits: TextSplits, config: TrainConfig, *, need_blocks: int, role: str) -> Source:
-    """Pack a corpus; refuse one too small to train on, saying how many tokens it needs."""
-    block = config.seq_len + 1
-    train = pack(tokenizer, splits.train, block)
-    val = pack(tokenizer, splits.validation, block, max_blocks=max(1, config.eval_tokens // block))
-    need = max(need_blocks, 1)
-    minimum = min(need, config.batch_size) * block
-    if len(train) * block < minimum:
-        have = len(train) * block
-        raise TrainingError(
-            f"{role} corpus {splits.name!r} has {have} training tokens in whole blocks; at least {minimum} are needed "
-            f"(batch_size {config.batch_size} x seq_len+1 {block}); add text or lower --batch-size/--seq-len")
-    if len(val) == 0:
-        raise TrainingError(f"{role} corpus {splits.name!r} has fewer than {block} validation tokens; "
-                            "add validation text or lower --seq-len")
-    return Source(splits.name, train, val)
-
-
-class Sampler:
-    """Which blocks each optimizer step trains on; its whole state is JSON (saved in checkpoints).
-
-    Each source walks a seeded permutation of its blocks (a new permutation each epoch). Per step the
-    number of domain sequences follows the share r exactly over time: round((s+1)*B*r) - round(s*B*r).
-    A curriculum may push a queue of chosen domain blocks that is served before the permutation.
-    """
-
-    def __init__(self, sizes: dict[str, int], share: float, batch: int, seed: int):
-        self.sizes, self.share, self.batch, self.seed = sizes, share, batch, seed
-        self.state: dict[str, Any] = {"cursor": {k: 0 for k in sizes}, "queue": []}
-
-    def _perm(self, name: str, epoch: int) -> np.ndarray:
-        salt = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
-        return np.random.default_rng([self.seed, salt, epoch]).permutation(self.sizes[name])
-
-    def peek(self, name: str, count: int) -> list[int]:
-        """The next ``count`` block indices of ``name``'s permutation, without consuming them."""
-        start, n = self.state["cursor"][name], self.sizes[name]
-        perms = {e: self._perm(name, e) for e in range(start // n, (start + count - 1) // n + 1)}  # each epoch once
-        return [int(perms[(start + i) // n][(start + i) % n]) for i in range(count)]
-
-    def take(self, name: str, count: int) -> list[int]:
-        out = self.peek(name, count)
-        self.state["cursor"][name] += count
-        return out
-
-    def domain_count(self, step: int) -> int:
-        b, r = self.batch, self.share
-        return int(round((step + 1) * b * r) - round(step * b * r))
-
-    def batch_at(self, step: int) -> list[tuple[str, int]]:
-        """(source, block) pairs of step ``step``: domain first, then replay."""
-        nd = self.domain_count(step)
-        queue = self.state["queue"]
-        from_queue, self.state["queue"] = queue[:nd], queue[nd:]
-        domain = list(from_queue) + self.take("domain", nd - len(from_queue))
-        items = [("domain", i) for i in domain]
-        if self.batch - nd:
-            items += [("replay", i) for i in self.take("replay", self.batch - nd)]
-        return items
 
 
 # ----------------------------------------------------------------------------- objective
@@ -304,10 +104,6 @@ def select_trainable(model, config: TrainConfig):
     return model
 
 
-def trainable_named(model) -> list[tuple[str, Any]]:
-    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-
-
 def finished_model(model, config: TrainConfig):
     """The plain HF model to save: LoRA adapters merged into the weights."""
     if config.train == "lora":
@@ -315,67 +111,6 @@ def finished_model(model, config: TrainConfig):
     for p in model.parameters():
         p.requires_grad_(False)
     return model
-
-
-# ----------------------------------------------------------------------------- checkpoints
-def _save_checkpoint(path: Path, model, optimizer, state: dict[str, Any]) -> None:
-    """Trainable weights + AdamW moments (safetensors) and the JSON state, atomically."""
-    from safetensors.torch import save_file
-
-    named = trainable_named(model)
-    index = {id(p): i for i, (_, p) in enumerate(named)}
-    moments = {}
-    for p, st in optimizer.state.items():
-        i = index[id(p)]
-        for key, value in st.items():
-            moments[f"{i}.{key}"] = value.detach().cpu().contiguous().reshape(value.shape)
-    with atomic_path(path) as tmp:
-        tmp.mkdir(parents=True)
-        save_file({n: p.detach().cpu().contiguous() for n, p in named}, str(tmp / "trainable.safetensors"))
-        save_file(moments, str(tmp / "optimizer.safetensors"))
-        (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n")
-
-
-def _load_checkpoint(path: Path, model, optimizer) -> dict[str, Any]:
-    from safetensors.torch import load_file
-
-    torch = require("torch", "compress")
-    named = trainable_named(model)
-    weights = load_file(str(path / "trainable.safetensors"))
-    if set(weights) != {n for n, _ in named}:
-        raise TrainingError(f"{path}: its weights do not match this model's trainable parameters; "
-                            "it belongs to another run: start afresh without --resume")
-    with torch.no_grad():
-        for n, p in named:
-            p.copy_(weights[n].to(p.device, p.dtype))
-    moments = load_file(str(path / "optimizer.safetensors"))
-    for i, (_, p) in enumerate(named):
-        st = {k.split(".", 1)[1]: v.to(p.device) for k, v in moments.items() if k.split(".", 1)[0] == str(i)}
-        if st:
-            if "step" in st:
-                st["step"] = st["step"].cpu()  # AdamW keeps its step counter on the CPU
-            optimizer.state[p] = st
-    return json.loads((path / "state.json").read_text())
-
-
-def list_checkpoints(out_dir: Path) -> list[Path]:
-    root = out_dir / CHECKPOINTS
-    if not root.is_dir():
-        return []
-    return sorted((p for p in root.iterdir() if p.name.startswith("step-") and (p / "state.json").exists()),
-                  key=lambda p: int(p.name.split("-")[1]))
-
-
-def weights_fingerprint(model) -> str:
-    """A hash of a strided sample of every weight (LoRA adapters excluded): fast, still specific."""
-    h = hashlib.sha256()
-    for name, p in sorted(model.state_dict().items()):
-        if "lora_" in name:
-            continue
-        t = p.detach().float().cpu().flatten()
-        h.update(name.split("base_model.model.")[-1].encode())
-        h.update(t[:: max(1, t.numel() // 4096)].numpy().tobytes())
-    return h.hexdigest()[:24]
 
 
 # ----------------------------------------------------------------------------- engine
@@ -469,7 +204,7 @@ class Engine:
         path = self.out_dir / CHECKPOINTS / f"step-{step:06d}"
         state = dict(self.state, fingerprint=self.run_id, sampler=self.sampler.state,
                      objective_state=getattr(self.objective, "state", None), time=time.time())
-        _save_checkpoint(path, self.accelerator.unwrap_model(self.model), optimizer, state)
+        save_checkpoint(path, self.accelerator.unwrap_model(self.model), optimizer, state)
         for old in list_checkpoints(self.out_dir)[:-1]:  # keep the newest only: a kill loses < 1 interval
             shutil.rmtree(old, ignore_errors=True)
         self.last_checkpoint = path
@@ -486,7 +221,7 @@ class Engine:
                 f"{path} comes from another run (fingerprint {state.get('fingerprint')} != {self.run_id}: a different "
                 "model, data, objective or training config); refusing to resume from it. Resume with the same "
                 "settings, or pick a new --out")
-        state = _load_checkpoint(path, self.accelerator.unwrap_model(self.model), optimizer)
+        state = load_checkpoint(path, self.accelerator.unwrap_model(self.model), optimizer)
         self.sampler.state = state["sampler"]
         if state.get("objective_state") is not None:
             self.objective.state = state["objective_state"]
@@ -646,9 +381,3 @@ def _main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
-
-
-def read_log(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    path = Path(out_dir) / LOG
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-

@@ -29,24 +29,15 @@ Results file (``RESULTS.json``, what a benchmark writes; see :func:`load_results
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 from typing import Any, ClassVar, Iterable, Sequence
 
 import numpy as np
 
-from .._io import atomic_path, write_json_atomic
-from ..config import StageConfig, check
-from ..errors import LawFitError, require
-
-__all__ = [
-    "LawPoint", "Results", "load_results", "save_results", "select_method",
-    "QualityLawFit", "fit_quality_law", "predict",
-    "RuntimeLawFit", "fit_runtime_law", "predict_runtime",
-    "CriticalRatio", "critical_ratio", "HoldoutResult", "holdout_check",
-    "LawsConfig", "LawsReport", "analyse", "format_report", "plot_fit",
-]
+from ..._io import write_json_atomic
+from ...errors import LawFitError
+from .common import FilePoint, fit_from_dict, number, r2, read_points
 
 # Whether a larger value is better, for metric names we know; anything else must say so in the file.
 QUALITY_METRICS = {"bpb": False, "bits_per_byte": False, "loss": False, "cross_entropy": False, "nll": False,
@@ -54,25 +45,19 @@ QUALITY_METRICS = {"bpb": False, "bits_per_byte": False, "loss": False, "cross_e
 TIME_METRICS = {"s_per_token": False, "ms_per_token": False, "seconds": False, "latency": False, "ttft": False,
                 "j_per_token": False, "tokens_per_s": True, "tokens_per_second": True, "throughput": True}
 
-# JSON key in RESULTS.json -> LawPoint field.
-_FILE_KEYS = {"method": "method", "ratio": "r", "tokens": "D", "dense": "L0", "value": "L",
-              "dense_time": "T0", "time": "T"}
-_REQUIRED = ("ratio", "dense", "value")
-
 
 # ----------------------------------------------------------------------------- points
-def _number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise LawFitError(f"'{name}' must be a number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise LawFitError(f"'{name}' must be finite, got {value}")
-    return value
-
-
 @dataclasses.dataclass
-class LawPoint:
-    """One measured compressed model: ratio r, recovery tokens D, dense and compressed quality/runtime."""
+class LawPoint(FilePoint):
+    """One measured compressed model: ratio r, recovery tokens D, dense and compressed quality/runtime.
+
+    File form (RESULTS.json): keys ratio, tokens, dense, value, dense_time, time, method.
+    """
+
+    FILE_KEYS: ClassVar[dict[str, str]] = {"method": "method", "ratio": "r", "tokens": "D", "dense": "L0",
+                                           "value": "L", "dense_time": "T0", "time": "T"}
+    REQUIRED: ClassVar[tuple[str, ...]] = ("ratio", "dense", "value")
+    DEFAULTS: ClassVar[dict[str, float]] = {"D": 0}
 
     r: float
     D: float
@@ -83,10 +68,10 @@ class LawPoint:
     method: str | None = None
 
     def __post_init__(self) -> None:
-        self.r = _number("ratio", self.r)
-        self.D = _number("tokens", self.D)
-        self.L0 = _number("dense", self.L0)
-        self.L = _number("value", self.L)
+        self.r = number("ratio", self.r)
+        self.D = number("tokens", self.D)
+        self.L0 = number("dense", self.L0)
+        self.L = number("value", self.L)
         if not 0.0 <= self.r < 1.0:
             raise LawFitError(f"ratio {self.r:g} is outside [0, 1): give the fraction of parameters removed (0.3 = 30%)")
         if self.D < 0:
@@ -97,33 +82,15 @@ class LawPoint:
         if (self.T0 is None) != (self.T is None):
             raise LawFitError("give both 'dense_time' and 'time', or neither")
         if self.T is not None:
-            self.T0, self.T = _number("dense_time", self.T0), _number("time", self.T)
+            self.T0, self.T = number("dense_time", self.T0), number("time", self.T)
             if self.T0 <= 0 or self.T <= 0:
                 raise LawFitError(f"'dense_time'/'time' are {self.T0:g}/{self.T:g}: runtimes must be positive")
         if self.method is not None and not isinstance(self.method, str):
             raise LawFitError(f"'method' must be a string, got {self.method!r}")
 
-    def to_dict(self) -> dict[str, Any]:
-        """The RESULTS.json form (keys ratio, tokens, dense, value, dense_time, time, method)."""
-        out = {key: getattr(self, name) for key, name in _FILE_KEYS.items()}
-        return {k: v for k, v in out.items() if v is not None}
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "LawPoint":
-        if not isinstance(data, dict):
-            raise LawFitError(f"a point must be a JSON object, got {type(data).__name__}")
-        unknown = sorted(set(data) - set(_FILE_KEYS))
-        if unknown:
-            raise LawFitError(f"unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(_FILE_KEYS)}")
-        missing = [k for k in _REQUIRED if k not in data]
-        if missing:
-            raise LawFitError(f"missing key(s) {', '.join(missing)} (ratio, dense and value are required)")
-        kwargs = {name: data[key] for key, name in _FILE_KEYS.items() if key in data}
-        kwargs.setdefault("D", 0)
-        return cls(**kwargs)
-
-
-def _as_points(points: Iterable[LawPoint | dict]) -> list[LawPoint]:
+def as_points(points: Iterable[LawPoint | dict]) -> list[LawPoint]:
+    """Points as :class:`LawPoint` (dicts in the file form are parsed); at least one."""
     pts = [p if isinstance(p, LawPoint) else LawPoint.from_dict(p) for p in points]
     if not pts:
         raise LawFitError("no points: give at least one measured compressed model per ratio")
@@ -152,7 +119,7 @@ class Results:
     def __post_init__(self) -> None:
         self.higher_is_better = _direction(self.metric, self.higher_is_better, QUALITY_METRICS)
         self.time_higher_is_better = _direction(self.time_metric, self.time_higher_is_better, TIME_METRICS)
-        self.tokens_unit = _number("tokens_unit", self.tokens_unit)
+        self.tokens_unit = number("tokens_unit", self.tokens_unit)
         if self.tokens_unit <= 0:
             raise LawFitError(f"tokens_unit must be positive, got {self.tokens_unit:g}")
 
@@ -163,30 +130,6 @@ class Results:
 
 
 _FILE_TOP = {"points", "metric", "higher_is_better", "time_metric", "time_higher_is_better", "tokens_unit"}
-
-
-def read_points(path: Path, point_cls, empty_hint: str) -> tuple[dict[str, Any], list]:
-    """A JSON object with a non-empty "points" list, each parsed by ``point_cls.from_dict``.
-
-    Every problem is a one-line :class:`LawFitError` naming the file (and the point).
-    """
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise LawFitError(f"{path}: cannot read it ({e.strerror or e})") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LawFitError(f"{path}: not valid JSON ({str(e).splitlines()[0]})") from e
-    if not isinstance(data, dict) or not isinstance(data.get("points"), list):
-        raise LawFitError(f'{path}: expected a JSON object with a "points" list')
-    if not data["points"]:
-        raise LawFitError(f"{path}: no points; {empty_hint}")
-    points = []
-    for i, raw in enumerate(data["points"]):
-        try:
-            points.append(point_cls.from_dict(raw))
-        except LawFitError as e:
-            raise LawFitError(f"{path}: point {i}: {e}") from e
-    return data, points
 
 
 def load_results(path: str | Path) -> Results:
@@ -242,27 +185,12 @@ def _lstsq(columns: dict[str, np.ndarray], y: np.ndarray) -> dict[str, float]:
     return dict(zip(columns, (coef / norms).tolist()))
 
 
-def _r2(y: np.ndarray, yhat: np.ndarray) -> float | None:
-    ss_tot = float(np.sum((y - y.mean()) ** 2))
-    if ss_tot <= 0:
-        return None
-    return 1.0 - float(np.sum((y - yhat) ** 2)) / ss_tot
-
 
 def _recovery_term(D: Any, tokens_unit: float) -> np.ndarray:
     """log(1 + 1/(D + 1)) with D in units of tokens_unit; 0 at D = inf."""
     d = np.asarray(D, dtype=float) / tokens_unit
     return np.log1p(1.0 / (d + 1.0))
 
-
-def _from_dict(cls, data: dict[str, Any]):
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown, missing = sorted(set(data) - names), sorted(
-        f.name for f in dataclasses.fields(cls)
-        if f.name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
-    if unknown or missing:
-        raise LawFitError(f"{cls.__name__}: unknown key(s) {unknown}, missing key(s) {missing}")
-    return cls(**data)
 
 
 # ----------------------------------------------------------------------------- quality law
@@ -297,7 +225,7 @@ class QualityLawFit:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "QualityLawFit":
-        return _from_dict(cls, data)
+        return fit_from_dict(cls, data)
 
 
 def fit_quality_law(points: Iterable[LawPoint], metric: str = "bpb", higher_is_better: bool | None = None,
@@ -311,7 +239,7 @@ def fit_quality_law(points: Iterable[LawPoint], metric: str = "bpb", higher_is_b
     - all points at one L0: alpha is fit together with the constant; predictions need that same L0;
     - r must take at least two values (beta is what the law is for).
     """
-    pts = _as_points(points)
+    pts = as_points(points)
     if tokens_unit <= 0:
         raise LawFitError(f"tokens_unit must be positive, got {tokens_unit:g}")
     r = np.array([p.r for p in pts])
@@ -355,7 +283,7 @@ def fit_quality_law(points: Iterable[LawPoint], metric: str = "bpb", higher_is_b
         metric=metric, higher_is_better=_direction(metric, higher_is_better, QUALITY_METRICS),
         alpha=alpha, beta=coef["beta"], gamma=gamma, offset=offset,
         fixed_L0=float(L0[0]) if const_a else None, fixed_D=float(D[0]) if const_g else None,
-        tokens_unit=float(tokens_unit), r2_log=_r2(y, yhat), r2=_r2(np.exp(y), np.exp(yhat)),
+        tokens_unit=float(tokens_unit), r2_log=r2(y, yhat), r2=r2(np.exp(y), np.exp(yhat)),
         residuals=(y - yhat).tolist(), n_points=len(pts), n_params=len(columns), notes=notes)
 
 
@@ -364,7 +292,7 @@ def _resolve_L0(fit: QualityLawFit, L0: float | None) -> float:
         if fit.fixed_L0 is None:
             raise LawFitError("give L0 (the dense model's value): the fit saw several dense values")
         return fit.fixed_L0
-    L0 = _number("L0", L0)
+    L0 = number("L0", L0)
     if L0 <= 0:
         raise LawFitError(f"L0 must be positive, got {L0:g}")
     if fit.fixed_L0 is not None and not math.isclose(L0, fit.fixed_L0, rel_tol=1e-9):
@@ -423,13 +351,13 @@ class RuntimeLawFit:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RuntimeLawFit":
-        return _from_dict(cls, data)
+        return fit_from_dict(cls, data)
 
 
 def fit_runtime_law(points: Iterable[LawPoint], metric: str = "s_per_token",
                     higher_is_better: bool | None = None) -> RuntimeLawFit:
     """Fit log(T/T0) = delta log(1+r) (through the origin: at r = 0, T = T0) on the points with times."""
-    pts = [p for p in _as_points(points) if p.T is not None]
+    pts = [p for p in as_points(points) if p.T is not None]
     if not pts:
         raise LawFitError("no point has runtimes: add 'dense_time' and 'time' to the points")
     b = np.log1p([p.r for p in pts])
@@ -439,13 +367,13 @@ def fit_runtime_law(points: Iterable[LawPoint], metric: str = "s_per_token",
     delta = float(b @ y / (b @ b))
     T0, T = np.array([p.T0 for p in pts]), np.array([p.T for p in pts])
     return RuntimeLawFit(metric=metric, higher_is_better=_direction(metric, higher_is_better, TIME_METRICS),
-                         delta=delta, r2_log=_r2(y, delta * b), r2=_r2(T, T0 * np.exp(delta * b)),
+                         delta=delta, r2_log=r2(y, delta * b), r2=r2(T, T0 * np.exp(delta * b)),
                          residuals=(y - delta * b).tolist(), n_points=len(pts))
 
 
 def predict_runtime(fit: RuntimeLawFit, r: Any, T0: float) -> Any:
     """Predicted runtime metric at ratio(s) r for a dense runtime T0."""
-    out = _number("T0", T0) * (1.0 + np.asarray(r, dtype=float)) ** fit.delta
+    out = number("T0", T0) * (1.0 + np.asarray(r, dtype=float)) ** fit.delta
     return float(out) if out.ndim == 0 else out
 
 
@@ -479,7 +407,7 @@ def critical_ratio(fit: QualityLawFit, sigma: float, L0: float | None = None,
     ``r_crit`` is None (with the reason in ``note``) when quality does not degrade with r per the fit,
     or when the target is missed even at r = 0.
     """
-    sigma = _number("sigma", sigma)
+    sigma = number("sigma", sigma)
     if sigma <= 0:
         raise LawFitError(f"the target ratio sigma must be positive, got {sigma:g}")
     if fit.higher_is_better is None:
@@ -490,7 +418,7 @@ def critical_ratio(fit: QualityLawFit, sigma: float, L0: float | None = None,
     elif D is None:
         where = "with unlimited recovery (D -> inf)"
     else:
-        D, where = _number("D", D), f"at D={D:g}"
+        D, where = number("D", D), f"at D={D:g}"
     const = float(_log_quality(fit, 0.0, math.inf if D is None else D, L0))  # log L at r = 0
     target = math.log(sigma * L0)
     cmp = "at least" if fit.higher_is_better else "at most"
@@ -524,7 +452,7 @@ class HoldoutResult:
 
 def holdout_check(points: Iterable[LawPoint], holdout_ratio: float, *, tokens_unit: float = 1.0) -> HoldoutResult:
     """Fit on every point not at ``holdout_ratio`` and predict the ones that are (relative errors)."""
-    pts = _as_points(points)
+    pts = as_points(points)
     held = [p for p in pts if math.isclose(p.r, holdout_ratio, abs_tol=1e-9)]
     rest = [p for p in pts if not math.isclose(p.r, holdout_ratio, abs_tol=1e-9)]
     if not held:
@@ -551,49 +479,6 @@ def holdout_check(points: Iterable[LawPoint], holdout_ratio: float, *, tokens_un
                          max((row["rel_error"] for row in runtime_rows), default=None))
 
 
-# ----------------------------------------------------------------------------- stage
-@dataclasses.dataclass
-class LawsConfig(StageConfig):
-    """Settings of ``laws fit``.
-
-    ``target_ratio``: the recovery target sigma (quality at most sigma x dense; at least, for accuracy);
-    None = 1.1 for loss-like metrics, 0.9 for higher-is-better ones. ``holdout``: ratios to refit
-    without and predict. ``tokens_unit``: tokens per unit of D (None = the results file's, else 1).
-    """
-
-    stage: ClassVar[str] = "laws"
-    method: str | None = None
-    target_ratio: float | None = None
-    holdout: tuple[float, ...] = ()
-    tokens_unit: float | None = None
-    include_dense: bool = True  # add each dense model as a measured point at r = 0 (L = L0, T = T0)
-
-    def validate(self) -> None:
-        check(self.target_ratio is None or self.target_ratio > 0,
-              f"target_ratio must be positive, got {self.target_ratio}")
-        check(all(0 <= h < 1 for h in self.holdout), f"holdout ratios must be in [0, 1), got {list(self.holdout)}")
-        check(self.tokens_unit is None or self.tokens_unit > 0, f"tokens_unit must be positive, got {self.tokens_unit}")
-
-
-@dataclasses.dataclass
-class LawsReport:
-    """Everything ``laws fit`` computes for one method."""
-
-    method: str | None
-    points: list[LawPoint]
-    quality: QualityLawFit
-    runtime: RuntimeLawFit | None
-    critical: list[CriticalRatio]
-    holdout: list[HoldoutResult]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "n_points": len(self.points),
-                "quality": self.quality.to_dict(),
-                "runtime": self.runtime.to_dict() if self.runtime else None,
-                "critical": [c.to_dict() for c in self.critical],
-                "holdout": [h.to_dict() for h in self.holdout],
-                "points": [p.to_dict() for p in self.points]}
-
 
 def with_dense_points(points: list[LawPoint]) -> list[LawPoint]:
     """Add the uncompressed model as a measured point (r = 0, D = 0, L = L0) for each dense value.
@@ -606,111 +491,3 @@ def with_dense_points(points: list[LawPoint]) -> list[LawPoint]:
     dense = {(p.L0, p.T0) for p in points} - have
     return points + [LawPoint(0.0, 0.0, L0, L0, T0, T0, method) for L0, T0 in sorted(dense, key=lambda x: x[0])]
 
-
-def analyse(results: Results, config: LawsConfig | None = None) -> LawsReport:
-    """Fit both laws to one method's points; critical ratio for each dense value; holdout checks."""
-    config = config or LawsConfig()
-    points = select_method(_as_points(results.points), config.method)
-    if config.include_dense:
-        points = with_dense_points(points)
-    unit = config.tokens_unit or results.tokens_unit
-    quality = fit_quality_law(points, results.metric, results.higher_is_better, tokens_unit=unit)
-    runtime = None
-    if any(p.T is not None for p in points):
-        runtime = fit_runtime_law(points, results.time_metric, results.time_higher_is_better)
-    sigma = config.target_ratio or (0.9 if quality.higher_is_better else 1.1)
-    critical = [critical_ratio(quality, sigma, L0) for L0 in sorted({p.L0 for p in points})]
-    holdout = [holdout_check(points, h, tokens_unit=unit) for h in config.holdout]
-    method = config.method or next((p.method for p in points if p.method), None)
-    return LawsReport(method, points, quality, runtime, critical, holdout)
-
-
-def _fmt(x: float | None, spec: str = ".4f") -> str:
-    return "n/a" if x is None else format(x, spec)
-
-
-def save_figure(fig, path: str | Path) -> Path:
-    """Lay out a matplotlib figure and write it as a PNG atomically (shared by the law plots)."""
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    return Path(path)
-
-
-def format_report(report: LawsReport) -> str:
-    """A short human-readable summary of a :class:`LawsReport`."""
-    q, rt = report.quality, report.runtime
-    better = {True: "higher is better", False: "lower is better", None: "direction unknown"}
-    unit = "" if q.tokens_unit == 1 else f", D in units of {q.tokens_unit:g} tokens"
-    lines = [f"compression laws{f' for {report.method}' if report.method else ''}: {q.n_points} points, "
-             f"{q.metric} ({better[q.higher_is_better]}{unit})",
-             "quality  L = L0^alpha (1+r)^beta (1+1/(D+1))^gamma"]
-    for name in ("alpha", "beta", "gamma"):
-        note = q.notes.get(name, "")
-        lines.append(f"  {name:<6} {_fmt(getattr(q, name)):>9}   {note}".rstrip())
-    lines.append(f"  R^2    {_fmt(q.r2_log)} (log)  {_fmt(q.r2)} (raw), {q.n_params} free parameters")
-    if rt is not None:
-        lines.append(f"runtime  T = T0 (1+r)^delta   ({rt.metric}, {better[rt.higher_is_better]})")
-        speed = rt.speedup(0.3)
-        lines.append(f"  delta  {rt.delta:>9.4f}   speed-up at r=0.3: {_fmt(speed, '.2f')}x")
-        lines.append(f"  R^2    {_fmt(rt.r2_log)} (log)  {_fmt(rt.r2)} (raw), {rt.n_points} timed points")
-    for c in report.critical:
-        value = "n/a" if c.r_crit is None else f"{c.r_crit:.3f}"
-        lines.append(f"critical ratio (L0={c.L0:.4g}, sigma={c.sigma:g}): r_crit = {value}  ({c.note})")
-    for h in report.holdout:
-        rt_err = "" if h.runtime_max_rel_error is None else f", runtime {100 * h.runtime_max_rel_error:.2f}%"
-        lines.append(f"holdout r={h.ratio:g}: max relative error {100 * h.max_rel_error:.2f}% "
-                     f"over {len(h.quality)} point(s){rt_err}")
-    return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------- plot
-def plot_fit(points: Iterable[LawPoint], fit: QualityLawFit, runtime_fit: RuntimeLawFit | None,
-             path: str | Path, *, critical: CriticalRatio | None = None) -> Path:
-    """PNG of measured points and fitted curves vs r: quality (left), runtime T/T0 (right, if timed)."""
-    require("matplotlib", "compress")
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: no global backend state
-    from matplotlib.figure import Figure
-
-    pts = _as_points(points)
-    timed = [p for p in pts if p.T is not None]
-    ncols = 2 if runtime_fit is not None and timed else 1
-    fig = Figure(figsize=(5.5 * ncols, 4.2))
-    FigureCanvasAgg(fig)
-    r_max = min(0.99, max(p.r for p in pts) * 1.15 + 0.02)
-    if critical is not None and critical.r_crit is not None and critical.r_crit < 1:
-        r_max = max(r_max, min(0.99, critical.r_crit * 1.1))
-    grid = np.linspace(0.0, r_max, 120)
-
-    ax = fig.add_subplot(1, ncols, 1)
-    groups = sorted({(p.L0, p.D) for p in pts})
-    colors = [f"C{i % 10}" for i in range(len(groups))]
-    for (L0, D), color in zip(groups, colors):
-        sel = [p for p in pts if (p.L0, p.D) == (L0, D)]
-        label = f"L0={L0:.3g}, D={D / fit.tokens_unit:g}" if len(groups) <= 10 else None
-        ax.scatter([p.r for p in sel], [p.L for p in sel], color=color, s=18, label=label)
-        ax.plot(grid, predict(fit, grid, D, L0), color=color, lw=1.2)
-    if fit.gamma is not None:
-        for L0 in sorted({p.L0 for p in pts})[:3]:
-            ax.plot(grid, predict(fit, grid, math.inf, L0), color="gray", ls="--", lw=1,
-                    label=f"D -> inf, L0={L0:.3g}")
-    if critical is not None:
-        ax.axhline(critical.sigma * critical.L0, color="red", lw=0.8, ls=":", label=f"{critical.sigma:g} x L0")
-        if critical.r_crit is not None and critical.r_crit < 1:
-            ax.axvline(critical.r_crit, color="red", lw=0.8, label=f"r_crit={critical.r_crit:.3f}")
-    ax.set_xlabel("compression ratio r")
-    ax.set_ylabel(fit.metric)
-    ax.set_title(f"quality law (R^2 log {_fmt(fit.r2_log, '.3f')})", fontsize=10)
-    ax.legend(fontsize=7)
-
-    if ncols == 2:
-        ax = fig.add_subplot(1, ncols, 2)
-        ax.scatter([p.r for p in timed], [p.T / p.T0 for p in timed], s=18, color="C0", label="measured")
-        ax.plot(grid, (1.0 + grid) ** runtime_fit.delta, color="C0", lw=1.2,
-                label=f"(1+r)^{runtime_fit.delta:.3f}")
-        ax.set_xlabel("compression ratio r")
-        ax.set_ylabel(f"{runtime_fit.metric} / dense")
-        ax.set_title(f"runtime law (R^2 log {_fmt(runtime_fit.r2_log, '.3f')})", fontsize=10)
-        ax.legend(fontsize=7)
-
-    return save_figure(fig, path)

@@ -42,33 +42,30 @@ import itertools
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, ClassVar, Iterable, Sequence
 
 import numpy as np
 
-from .._io import write_json_atomic
-from ..config import check
-from ..errors import LawFitError, require
-from .laws import _fmt as laws_fmt, _from_dict, _number, _r2, read_points, save_figure
-
-__all__ = [
-    "DcptPoint", "load_dcpt_points", "save_dcpt_points",
-    "DcptFit", "fit_dcpt", "predict_dcpt", "propose_share", "DEFAULT_GRID",
-    "DcptReport", "analyse_dcpt", "format_dcpt", "plot_dcpt",
-]
+from ..._io import write_json_atomic
+from ...config import check
+from ...errors import LawFitError
+from ..train.checkpoints import LOG, RUN
+from .common import FilePoint, fit_from_dict, number, r2, read_json, read_points
 
 DEFAULT_EPS = 0.01
 DEFAULT_GRID = np.linspace(0.001, 1.0, 1000)  # candidate domain shares for propose_share, step 0.001
 
-# JSON key in a points file -> DcptPoint field.
-_FILE_KEYS = {"tokens": "D", "share": "r", "loss": "loss", "general_loss": "general_loss"}
-RUN_FILE, LOG_FILE = "run.json", "train_log.jsonl"
-
 
 # ----------------------------------------------------------------------------- points
 @dataclasses.dataclass
-class DcptPoint:
-    """One measurement: after D training tokens at domain share r, the domain (and general) validation loss."""
+class DcptPoint(FilePoint):
+    """One measurement: after D training tokens at domain share r, the domain (and general) validation loss.
+
+    File form: keys tokens, share, loss, general_loss.
+    """
+
+    FILE_KEYS: ClassVar[dict[str, str]] = {"tokens": "D", "share": "r", "loss": "loss", "general_loss": "general_loss"}
+    REQUIRED: ClassVar[tuple[str, ...]] = ("tokens", "share", "loss")
 
     D: float
     r: float
@@ -76,9 +73,9 @@ class DcptPoint:
     general_loss: float | None = None
 
     def __post_init__(self) -> None:
-        self.D = _number("tokens", self.D)
-        self.r = _number("share", self.r)
-        self.loss = _number("loss", self.loss)
+        self.D = number("tokens", self.D)
+        self.r = number("share", self.r)
+        self.loss = number("loss", self.loss)
         if self.D <= 0:
             raise LawFitError(f"tokens {self.D:g} must be positive: D = 0 (before training) is outside the law")
         if not 0.0 < self.r <= 1.0:
@@ -86,34 +83,9 @@ class DcptPoint:
         if self.loss <= 0:
             raise LawFitError(f"loss {self.loss:g} must be positive (a cross-entropy)")
         if self.general_loss is not None:
-            self.general_loss = _number("general_loss", self.general_loss)
+            self.general_loss = number("general_loss", self.general_loss)
             if self.general_loss <= 0:
                 raise LawFitError(f"general_loss {self.general_loss:g} must be positive (a cross-entropy)")
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {key: getattr(self, name) for key, name in _FILE_KEYS.items()}
-        return {k: v for k, v in out.items() if v is not None}
-
-    @classmethod
-    def from_dict(cls, data: Any) -> "DcptPoint":
-        if not isinstance(data, dict):
-            raise LawFitError(f"a point must be a JSON object, got {type(data).__name__}")
-        unknown = sorted(set(data) - set(_FILE_KEYS))
-        if unknown:
-            raise LawFitError(f"unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(_FILE_KEYS)}")
-        missing = [k for k in ("tokens", "share", "loss") if k not in data]
-        if missing:
-            raise LawFitError(f"missing key(s) {', '.join(missing)} (tokens, share and loss are required)")
-        return cls(**{name: data[key] for key, name in _FILE_KEYS.items() if key in data})
-
-
-def _read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise LawFitError(f"{path}: cannot read {what} ({e.strerror or e})") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LawFitError(f"{path}: not valid JSON ({str(e).splitlines()[0]})") from e
 
 
 def _points_file(path: Path) -> list[DcptPoint]:
@@ -122,16 +94,16 @@ def _points_file(path: Path) -> list[DcptPoint]:
 
 def _run_dir(path: Path) -> list[DcptPoint]:
     """The eval lines of one training run; its share comes from run.json."""
-    run_path, log_path = path / RUN_FILE, path / LOG_FILE
+    run_path, log_path = path / RUN, path / LOG
     for p in (run_path, log_path):
         if not p.is_file():
             raise LawFitError(f"{path}: not a training-run directory (no {p.name}); give a run directory "
                               "(run.json + train_log.jsonl) or a points JSON file")
-    run = _read_json(run_path, RUN_FILE)
+    run = read_json(run_path, RUN)
     if not isinstance(run, dict) or "domain_share" not in run:
         raise LawFitError(f'{run_path}: expected a JSON object with "domain_share"')
     try:
-        r = _number("domain_share", run["domain_share"])
+        r = number("domain_share", run["domain_share"])
     except LawFitError as e:
         raise LawFitError(f"{run_path}: {e}") from e
     try:
@@ -154,7 +126,7 @@ def _run_dir(path: Path) -> list[DcptPoint]:
         try:
             if "tokens" not in rec or "val_loss" not in rec:
                 raise LawFitError('an eval line needs "tokens" and "val_loss"')
-            if _number("tokens", rec["tokens"]) == 0:
+            if number("tokens", rec["tokens"]) == 0:
                 continue  # the eval before training: D = 0 is outside the law
             point = DcptPoint(rec["tokens"], r, rec["val_loss"], rec.get("replay_val_loss"))
         except LawFitError as e:
@@ -192,7 +164,7 @@ def save_dcpt_points(points: Iterable[DcptPoint], path: str | Path) -> None:
 
 
 # ----------------------------------------------------------------------------- the law
-_PARAMS = ("E", "B", "C", "eta", "beta", "gamma")
+PARAMS = ("E", "B", "C", "eta", "beta", "gamma")  # the law's parameters, in report order
 _LOG = ("B", "C")  # fitted as logs: their size follows the loss scale and tokens_unit
 _BOUNDS = {"E": (0.0, np.inf), "B": (-30.0, 30.0), "C": (-30.0, 30.0),
            "eta": (0.0, 4.0), "beta": (0.0, 3.0), "gamma": (0.0, 4.0)}
@@ -245,7 +217,7 @@ class DcptFit:
     notes: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def params(self) -> dict[str, float | None]:
-        return {name: getattr(self, name) for name in _PARAMS}
+        return {name: getattr(self, name) for name in PARAMS}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -254,13 +226,14 @@ class DcptFit:
     def from_dict(cls, data: dict[str, Any]) -> "DcptFit":
         if not isinstance(data, dict):
             raise LawFitError(f"a D-CPT fit must be a JSON object, got {type(data).__name__}")
-        fit = _from_dict(cls, data)
+        fit = fit_from_dict(cls, data)
         if fit.target not in ("domain", "general"):
             raise LawFitError(f"target must be 'domain' or 'general', got {fit.target!r}")
         return fit
 
 
-def _loss_of(p: DcptPoint, target: str) -> float | None:
+def loss_of(p: DcptPoint, target: str) -> float | None:
+    """The point's domain or general loss (None when the general loss was not measured)."""
     return p.loss if target == "domain" else p.general_loss
 
 
@@ -279,13 +252,13 @@ def fit_dcpt(points: Iterable[DcptPoint], target: str = "domain", *, eps: float 
     check(target in ("domain", "general"), f"target must be 'domain' or 'general', got {target!r}")
     check(0 < eps < 1, f"eps must be in (0, 1), got {eps}")
     pts = [p if isinstance(p, DcptPoint) else DcptPoint.from_dict(p) for p in points]
-    pts = [p for p in pts if _loss_of(p, target) is not None]
+    pts = [p for p in pts if loss_of(p, target) is not None]
     if not pts:
         raise LawFitError(f"no point has a {target} loss" + ("; add general_loss (replay_val_loss)"
                                                               if target == "general" else ""))
     D = np.array([p.D for p in pts])
     r = np.array([p.r for p in pts])
-    y = np.array([_loss_of(p, target) for p in pts])
+    y = np.array([loss_of(p, target) for p in pts])
     if tokens_unit is None:
         tokens_unit = 10.0 ** round(float(np.mean(np.log10(D))))
     check(tokens_unit > 0, f"tokens_unit must be positive, got {tokens_unit}")
@@ -295,13 +268,13 @@ def fit_dcpt(points: Iterable[DcptPoint], target: str = "domain", *, eps: float 
     one_r, one_D = np.ptp(r) <= 1e-12, np.ptp(D) <= 1e-9 * D.max()
     if one_r and one_D:
         raise LawFitError(f"every point is at D={D[0]:g}, r={r[0]:g}: measure several budgets and shares")
-    active = [n for n in _PARAMS if not (one_r and n in ("eta", "C", "gamma")) and not (one_D and n == "beta")]
+    active = [n for n in PARAMS if not (one_r and n in ("eta", "C", "gamma")) and not (one_D and n == "beta")]
     if len(pts) < len(active):
         raise LawFitError(f"{len(pts)} point(s) with a {target} loss for {len(active)} free parameters "
                           f"({', '.join(active)}): add measured points (more budgets D or shares r)")
 
     def unpack(v: np.ndarray) -> dict[str, float | None]:
-        p = dict.fromkeys(_PARAMS)
+        p = dict.fromkeys(PARAMS)
         for name, value in zip(active, v):
             p[name] = math.exp(value) if name in _LOG else float(value)
         return p
@@ -315,7 +288,7 @@ def fit_dcpt(points: Iterable[DcptPoint], target: str = "domain", *, eps: float 
     floor = 1e-6 * float(y.mean())  # B, C start here when the linear step sets them to 0 (their logs must exist)
     best = None
     for start in itertools.product(*(_STARTS[n] for n in exps)):
-        p = dict.fromkeys(_PARAMS) | dict(zip(exps, start)) | {"E": 1.0, "B": 1.0, "C": 1.0 if "C" in active else None}
+        p = dict.fromkeys(PARAMS) | dict(zip(exps, start)) | {"E": 1.0, "B": 1.0, "C": 1.0 if "C" in active else None}
         cols = [np.ones_like(y), _law(p | {"E": 0.0, "C": None}, x, d, eps)]  # (n,) each: 1, the B term, the C term
         if "C" in active:
             cols.append(_law(p | {"E": 0.0, "B": 0.0}, x, d, eps))
@@ -332,7 +305,7 @@ def fit_dcpt(points: Iterable[DcptPoint], target: str = "domain", *, eps: float 
         target=target, **params, eps=float(eps), tokens_unit=float(tokens_unit),
         fixed_r=float(r[0]) if one_r else None, fixed_D=float(D[0]) if one_D else None,
         r_range=[float(r.min()), float(r.max())], D_range=[float(D.min()), float(D.max())],
-        rmse=float(np.sqrt(np.mean((y - yhat) ** 2))), r2=_r2(y, yhat), residuals=(y - yhat).tolist(),
+        rmse=float(np.sqrt(np.mean((y - yhat) ** 2))), r2=r2(y, yhat), residuals=(y - yhat).tolist(),
         n_points=len(pts), n_params=len(active), notes=notes)
 
 
@@ -446,7 +419,7 @@ def propose_share(domain_fit: DcptFit, D: float, general_fit: DcptFit | None = N
         raise LawFitError(f"the first fit must be a domain fit, got a {domain_fit.target} fit")
     if general_fit is not None and general_fit.target != "general":
         raise LawFitError(f"general_fit must be a general fit, got a {general_fit.target} fit")
-    D = _number("D", D)
+    D = number("D", D)
     check(D > 0, f"the budget D must be positive, got {D:g}")
     check(max_general_increase >= 0, f"max_general_increase must be >= 0, got {max_general_increase}")
     grid = DEFAULT_GRID if grid is None else np.unique(np.asarray(grid, dtype=float))
@@ -504,111 +477,3 @@ def propose_share(domain_fit: DcptFit, D: float, general_fit: DcptFit | None = N
     return out
 
 
-# ----------------------------------------------------------------------------- report
-@dataclasses.dataclass
-class DcptReport:
-    """What ``laws dcpt`` computes: both fits (general when measured and fittable) and the proposal."""
-
-    points: list[DcptPoint]
-    domain: DcptFit
-    general: DcptFit | None
-    general_skipped: str | None  # why there is no general fit, or why it does not constrain the proposal
-    proposal: dict[str, Any]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"domain": self.domain.to_dict(), "general": self.general.to_dict() if self.general else None,
-                "general_skipped": self.general_skipped, "proposal": self.proposal,
-                "points": [p.to_dict() for p in self.points]}
-
-
-def analyse_dcpt(points: Sequence[DcptPoint], budget: float | None = None, max_general_increase: float = 0.05,
-                 *, eps: float = DEFAULT_EPS) -> DcptReport:
-    """Fit the domain law (and the general law when general losses are there), propose r at ``budget``.
-
-    ``budget`` defaults to the largest D measured. A general fit that cannot be made (too few points
-    with a general loss) or cannot compare shares (one share only) is reported, not used.
-    """
-    points = list(points)
-    domain = fit_dcpt(points, "domain", eps=eps)
-    general, skipped = None, None
-    n_general = sum(p.general_loss is not None for p in points)
-    if n_general == 0:
-        skipped = "no general (replay) losses measured"
-    else:
-        try:
-            general = fit_dcpt(points, "general", eps=eps, tokens_unit=domain.tokens_unit)
-        except LawFitError as e:
-            skipped = f"not fitted: {e}"
-        else:
-            if general.fixed_r is not None:
-                skipped = f"measured at one share only (r={general.fixed_r:g}): it cannot constrain the share"
-    budget = max(p.D for p in points) if budget is None else budget
-    usable = general if general is not None and general.fixed_r is None else None
-    proposal = propose_share(domain, budget, usable, max_general_increase)
-    return DcptReport(points, domain, general, skipped, proposal)
-
-
-def _fmt(x: float | None, spec: str = ".4g") -> str:
-    return laws_fmt(x, spec)
-
-
-def format_dcpt(report: DcptReport) -> str:
-    """A short table of the fitted parameters, the fit quality and the proposed share."""
-    dom, gen, prop = report.domain, report.general, report.proposal
-    shares = sorted({p.r for p in report.points})
-    lines = [f"D-CPT law: {len(report.points)} points, {len(shares)} share(s) in [{shares[0]:g}, {shares[-1]:g}], "
-             f"D in [{dom.D_range[0]:.3g}, {dom.D_range[1]:.3g}] tokens",
-             f"L(D, r) = E + B r^eta / D^beta + C / (r + eps)^gamma   (D in units of {dom.tokens_unit:g} tokens, "
-             f"eps = {dom.eps:g} fixed; the general law uses 1 - r)",
-             f"{'':9}" + "".join(f"{name:>10}" for name in (*_PARAMS, "rmse", "R^2")) + f"{'points':>8}"]
-    for fit in (dom, gen):
-        if fit is None:
-            continue
-        values = [_fmt(getattr(fit, n)) for n in _PARAMS] + [_fmt(fit.rmse), _fmt(fit.r2, ".4f")]
-        lines.append(f"{fit.target:<9}" + "".join(f"{v:>10}" for v in values) + f"{fit.n_points:>8}")
-    for fit in (dom, gen):
-        grouped: dict[str, list[str]] = {}  # one line per distinct note, naming every parameter it is about
-        for name, text in (fit.notes.items() if fit is not None else ()):
-            grouped.setdefault(text, []).append(name)
-        lines += [f"  {fit.target} {', '.join(names)}: {text}" for text, names in grouped.items()]
-    if report.general_skipped:
-        lines.append(f"  general: {report.general_skipped}")
-    general = "" if prop["general_loss"] is None else f", general loss {prop['general_loss']:.4f}"
-    lines.append(f"proposed domain share at D = {prop['D']:.3g} tokens: r = {prop['share']:.3f} "
-                 f"(predicted domain loss {prop['domain_loss']:.4f}{general})")
-    lines.append(f"  {prop['reason']}")
-    lines += [f"  caveat: {c}" for c in prop["caveats"] if not c.startswith(("domain fit:", "general fit:"))]
-    return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------- plot
-def plot_dcpt(points: Iterable[DcptPoint], fit: DcptFit, path: str | Path, *,
-              general_fit: DcptFit | None = None) -> Path:
-    """PNG of loss vs D (log scale), measured points and one fitted curve per share; a general panel if given."""
-    require("matplotlib", "compress")
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: no global backend state
-    from matplotlib.figure import Figure
-
-    pts = list(points)
-    fits = [f for f in (fit, general_fit) if f is not None]
-    fig = Figure(figsize=(5.5 * len(fits), 4.2))
-    FigureCanvasAgg(fig)
-    for k, f in enumerate(fits, 1):
-        ax = fig.add_subplot(1, len(fits), k)
-        mine = [p for p in pts if _loss_of(p, f.target) is not None]
-        shares = sorted({p.r for p in mine})
-        lo, hi = f.D_range
-        grid = np.geomspace(lo / 1.5, hi * 1.5, 100) if f.fixed_D is None else np.array([f.fixed_D])
-        for i, r in enumerate(shares):
-            color = f"C{i % 10}"
-            sel = [p for p in mine if p.r == r]
-            ax.scatter([p.D for p in sel], [_loss_of(p, f.target) for p in sel], color=color, s=16,
-                       label=f"r={r:g}" if len(shares) <= 12 else None)
-            ax.plot(grid, np.broadcast_to(predict_dcpt(f, grid, r), grid.shape), color=color, lw=1.2,
-                    marker="x" if grid.size == 1 else None)
-        ax.set_xscale("log")
-        ax.set_xlabel("training tokens D")
-        ax.set_ylabel(f"{f.target} validation loss")
-        ax.set_title(f"D-CPT law, {f.target} loss (R^2 {_fmt(f.r2, '.3f')})", fontsize=10)
-        ax.legend(fontsize=7)
-    return save_figure(fig, path)
