@@ -137,21 +137,3 @@ def test_evaluate_takes_loaded_texts_not_domain_names(tiny_backend):
     assert res["mixed_bpb"] == res["domains"]["mine"]["bpb"]["bits_per_byte"]
     with pytest.raises(ConfigError, match="heldout_by_domain"):
         evaluate(tiny_backend, ["docs"], config, progress=False)
-
-
-def test_eval_imports_only_the_base_and_the_runtime():
-    import ast
-    from pathlib import Path
-
-    import edge_downscale.eval as ev
-
-    allowed = {"_io", "config", "errors", "runtime", "eval"}
-    for path in Path(ev.__file__).parent.glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level >= 1:
-                top = (node.module or "").split(".")[0] if node.level == 2 else "eval"
-                assert top in allowed, f"{path.name} imports {node.module} (level {node.level})"
-            elif isinstance(node, (ast.Import, ast.ImportFrom)):
-                names = [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
-                for name in names:
-                    assert not name.startswith("edge_downscale.") or name.split(".")[1] in allowed, name

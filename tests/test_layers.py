@@ -81,3 +81,10 @@ def test_the_layer_walker_sees_relative_lazy_and_absolute_imports(tmp_path):
     assert ("cli", "runtime") in found or ("cli", "eval") in found  # the CLI imports lower layers lazily
     assert ("runtime", "base") in found
     assert layer(("runtime", "onnx")) == "runtime" and layer(("_io",)) == "base" and layer(()) == "base"
+
+
+def test_runtime_modules_have_no_import_cycle_between_ensemble_and_strategies():
+    """The ensemble imports its strategies and responses, never the reverse."""
+    for name in ("strategies", "response"):
+        targets = {t for _, t in imported_modules(PACKAGE / "runtime" / f"{name}.py")}
+        assert ("runtime", "ensemble") not in targets, f"runtime/{name}.py imports runtime.ensemble"

@@ -29,39 +29,6 @@ def test_backend_registry_is_lazy_and_complete():
         raise AssertionError("unknown backend accepted")
 
 
-def _imports(path):
-    """Absolute module names of every import statement in ``path`` (including ones inside functions)."""
-    import ast
-    from pathlib import Path
-
-    package = "edge_downscale." + ".".join(Path(path).relative_to(Path(__file__).parents[1] / "edge_downscale").parent.parts)
-    package = package.rstrip(".")
-    out = set()
-    for node in ast.walk(ast.parse(Path(path).read_text())):
-        if isinstance(node, ast.Import):
-            out |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
-            module = ".".join(base + ([node.module] if node.module else []))
-            out.add(module)
-            out |= {f"{module}.{a.name}" for a in node.names}
-    return out
-
-
-def test_runtime_imports_only_the_base_and_itself():
-    from pathlib import Path
-
-    root = Path(__file__).parents[1] / "edge_downscale" / "runtime"
-    build_side = ("eval", "models", "data", "compress", "export", "bundle", "pipeline", "cli")
-    for path in sorted(root.glob("*.py")):
-        bad = sorted(m for m in _imports(path)
-                     if any(m == f"edge_downscale.{p}" or m.startswith(f"edge_downscale.{p}.") for p in build_side))
-        assert not bad, f"{path.name} imports {bad}"
-    # the ensemble imports its strategies, never the reverse
-    assert not any(m.startswith("edge_downscale.runtime.ensemble") for m in _imports(root / "strategies.py"))
-    assert not any(m.startswith("edge_downscale.runtime.ensemble") for m in _imports(root / "response.py"))
-
-
 def test_open_artifact_picks_the_backend_from_the_model_file(tmp_path):
     import pytest
 
