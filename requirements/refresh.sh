@@ -15,7 +15,8 @@ cd "$(dirname "$0")/.."
 UV=${UV:-uv}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 LLAMA_CPP_SPEC=${LLAMA_CPP_SPEC:-llama-cpp-python==0.3.36}
-FIND_LINKS=${FIND_LINKS:-/opt/wheels}  # where this machine keeps its torch CPU wheel
+FIND_LINKS=${FIND_LINKS-/opt/wheels}  # where this machine keeps its torch CPU wheel (skipped if absent)
+[ -d "$FIND_LINKS" ] || FIND_LINKS=
 out=requirements
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -26,7 +27,8 @@ compile() {  # compile OUT [uv pip compile args...]
   "$UV" pip compile --quiet --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
     ${FIND_LINKS:+--find-links "$FIND_LINKS"} -c "$tmp/torch.txt" --no-emit-package torch \
     --custom-compile-command "make lock" "$@" -o "$tmp/$name"
-  mv "$tmp/$name" "$out/$name"
+  # name the constraint files in the annotations, not their temporary paths (a rerun must diff clean)
+  sed -e "s|$tmp/pins[a-z-]*\.txt|requirements/all.txt|; s|$tmp/torch\.txt|TORCH_SPEC|" "$tmp/$name" > "$out/$name"
   echo "wrote $out/$name ($(grep -c '==' "$out/$name") packages)"
 }
 
