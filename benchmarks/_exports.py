@@ -74,10 +74,10 @@ def dynamic_int8(src: Path, dst: Path, *, reduce_range: bool, keep_float: Sequen
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from edge_downscale.export.onnx import MODEL_FILE, _float_nodes
+    from edge_downscale.export.onnx import MODEL_FILE, float_matmuls
 
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns(f"{MODEL_FILE}*"))
-    exclude = _float_nodes(onnx.load(str(src / MODEL_FILE), load_external_data=False), keep_float)
+    exclude = float_matmuls(onnx.load(str(src / MODEL_FILE), load_external_data=False), keep_float)
     quantize_dynamic(str(src / MODEL_FILE), str(dst / MODEL_FILE), weight_type=QuantType.QInt8, per_channel=True,
                      reduce_range=reduce_range, nodes_to_exclude=exclude,
                      **({} if op_types is None else {"op_types_to_quantize": list(op_types)}))

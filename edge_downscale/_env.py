@@ -169,6 +169,10 @@ def _main(argv: list[str] | None = None) -> int:
         return 0
     pins: dict[str, str] = {}
     for lock in args.locks:
+        if not Path(lock).is_file():
+            print(f"error: {lock}: no such lock file (the locks are requirements/*.txt; `make lock` writes them)",
+                  file=sys.stderr)
+            return 2
         pins.update(read_pins(lock))
     for spec in args.pin:
         name, sep, version = spec.partition("==")

@@ -10,6 +10,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from ._env import environment
+
 CACHE_ENV = "EDGE_DOWNSCALE_CACHE"
 
 
@@ -63,6 +65,4 @@ def write_json_atomic(path: str | os.PathLike, obj) -> None:
 
 def write_result(path: str | os.PathLike, obj: dict) -> None:
     """Write a measurement's JSON with the environment it ran on (``environment`` key) added."""
-    from ._env import environment
-
     write_json_atomic(path, {**obj, "environment": environment()})

@@ -49,6 +49,9 @@ def test_lock_check_command_exits_1_with_a_one_line_error(tmp_path):
     res = subprocess.run([sys.executable, "-m", "edge_downscale._env", str(lock)], capture_output=True, text=True)
     assert res.returncode == 1
     assert res.stderr.startswith("error: numpy is ") and "Traceback" not in res.stderr
+    missing = subprocess.run([sys.executable, "-m", "edge_downscale._env", str(tmp_path / "nope.txt")],
+                             capture_output=True, text=True)
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "no such lock file" in missing.stderr
 
 
 def test_the_make_environment_is_the_locked_one():

@@ -49,8 +49,8 @@ NBITS = {"int8": 8, "int4": 4}  # both integer types are weight-only MatMulNBits
 # and scores the same on every x86 kernel (benchmarks/onnx_quant_variants.py, benchmarks/int8_saturation.py):
 # - dynamic quantisation (MatMulInteger, uint8 activations with one scale per tensor) misses the KL gate
 #   (0.060-0.072 vs 0.05: the hidden states' outlier channels, Dettmers et al. 2022), and its full-range
-#   int8 weights saturate in the VPMADDUBSW kernels of x86 CPUs without VNNI: +175% bits-per-byte there;
-# - 8-bit weights with float compute are exact but run at a tenth of fp32's decode speed.
+#   int8 weights saturate in the VPMADDUBSW kernels of x86 CPUs without VNNI (2.3x the loss there);
+# - 8-bit weights with float compute are the most exact but decode at a sixth of fp32's speed.
 ACCURACY_LEVEL: dict[str, int | None] = {"int8": 4, "int4": None}
 # Copied verbatim from the source directory: the runtime reads tokenizer.json (+ configs for BOS/EOS).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
@@ -194,7 +194,7 @@ def quantize_onnx(src_dir: str | Path, dst_dir: str | Path, quant: str, *, block
     return dst
 
 
-def _float_nodes(model, keep_float: Sequence[str]) -> list[str]:
+def float_matmuls(model, keep_float: Sequence[str]) -> list[str]:
     """MatMul nodes whose name contains one of ``keep_float``: they stay in float."""
     return [n.name for n in model.graph.node if n.op_type == "MatMul" and any(k in n.name for k in keep_float)]
 
@@ -207,7 +207,7 @@ def _quantize_nbits(src: Path, dst: Path, *, large: bool, bits: int, block_size:
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer  # (inside _quiet: basicConfig)
 
     model = onnx.load(str(src))
-    exclude = _float_nodes(model, keep_float)
+    exclude = float_matmuls(model, keep_float)
     extra = {} if accuracy_level is None else {"accuracy_level": accuracy_level}
     quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=symmetric,
                                      nodes_to_exclude=exclude, quant_format=QuantFormat.QOperator,

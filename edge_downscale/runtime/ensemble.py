@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from .._io import sha256_file
-from ..artifacts import MANIFEST, model_file, verify_manifest
+from ..artifacts import MANIFEST, MODEL_FILES, verify_manifest
 from ..config import StageConfig, check
 from ..errors import BundleError, ConfigError
 from .base import BACKEND_FORMATS, Backend, open_artifact
@@ -180,7 +180,7 @@ class Ensemble:
             manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
         except ValueError as e:
             raise BundleError(f"member {spec.name!r}: unreadable {manifest_file} ({e})") from e
-        expected = model_file(directory, BACKEND_FORMATS[spec.backend]).name
+        expected = MODEL_FILES[BACKEND_FORMATS[spec.backend]]
         if expected not in manifest.get("files", {}):
             raise BundleError(f"member {spec.name!r}: {spec.backend} needs {expected}, "
                               f"but {directory} holds {sorted(manifest.get('files', {}))}")
