@@ -29,7 +29,7 @@ def laws_fit(results, method, target, plot_out, holdout, tokens_unit, no_dense, 
     {"metric": "bpb", "points": [{"method": "prunenet", "ratio": 0.2, "tokens": 0, "dense": 0.95,
     "value": 1.05, "dense_time": 0.010, "time": 0.008}, ...]}; other top-level keys are ignored.
     """
-    from .._io import write_json_atomic
+    from .._io import write_result
     from ..compress.laws import LawsConfig, analyse, format_report, load_results, plot_fit
 
     config = LawsConfig(method=method, target_ratio=target, holdout=tuple(holdout), tokens_unit=tokens_unit,
@@ -41,7 +41,7 @@ def laws_fit(results, method, target, plot_out, holdout, tokens_unit, no_dense, 
                  critical=report.critical[0] if len(report.critical) == 1 else None)
         click.echo(f"wrote {plot_out}", err=True)
     if json_out:
-        write_json_atomic(json_out, report.to_dict())
+        write_result(json_out, report.to_dict())
         click.echo(f"wrote {json_out}", err=True)
 
 
@@ -67,7 +67,7 @@ def laws_dcpt(sources, budget, max_general_increase, plot_out, json_out):
     SOURCES are points files ({"points": [{"tokens": D, "share": r, "loss": L, "general_loss": G}, ...]})
     or training-run directories (run.json with "domain_share", train_log.jsonl with eval lines).
     """
-    from .._io import write_json_atomic
+    from .._io import write_result
     from ..compress.laws import analyse_dcpt, format_dcpt, load_dcpt_points, plot_dcpt
 
     report = analyse_dcpt(load_dcpt_points(sources), budget, max_general_increase)
@@ -76,5 +76,5 @@ def laws_dcpt(sources, budget, max_general_increase, plot_out, json_out):
         plot_dcpt(report.points, report.domain, plot_out, general_fit=report.general)
         click.echo(f"wrote {plot_out}", err=True)
     if json_out:
-        write_json_atomic(json_out, report.to_dict())
+        write_result(json_out, report.to_dict())
         click.echo(f"wrote {json_out}", err=True)
