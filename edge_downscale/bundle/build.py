@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
-from .._io import atomic_path, write_json_atomic
+from .._io import atomic_path, sha256_file, write_json_atomic
 from ..artifacts import MANIFEST, verify_manifest
 from ..config import StageConfig, check, is_number
 from ..errors import BundleError, ConfigError, ModelFormatError
@@ -53,6 +53,7 @@ class BundleConfig(StageConfig):
     target_acceptance: float = 0.5
     memory_budget_mb: float | None = None
     grid_g_per_kwh: float = 400.0
+    files: dict = dataclasses.field(default_factory=dict)  # {path in the bundle: source file}, copied and hashed
 
     def validate(self) -> None:
         check(isinstance(self.out, (str, os.PathLike)) and str(self.out) != "", "out must be a directory path")
@@ -73,6 +74,13 @@ class BundleConfig(StageConfig):
         check(self.memory_budget_mb is None or (is_number(self.memory_budget_mb) and self.memory_budget_mb > 0),
               "memory_budget_mb must be > 0 or null")
         check(is_number(self.grid_g_per_kwh) and self.grid_g_per_kwh >= 0, "grid_g_per_kwh must be >= 0")
+        check(isinstance(self.files, dict), "files must be an object {path in the bundle: source file}")
+        for rel in self.files:
+            p = Path(rel)
+            check(isinstance(rel, str) and rel and not p.is_absolute() and ".." not in p.parts
+                  and p.parts[0] not in (MEMBERS_DIR, ENSEMBLE_FILE),
+                  f"files: {rel!r} must be a relative path outside {MEMBERS_DIR}/ and {ENSEMBLE_FILE}")
+        self.files = {k: str(v) for k, v in self.files.items()}
 
 
 def _link_or_copy(src: str, dst: str) -> None:
@@ -114,9 +122,16 @@ def build_bundle(config: BundleConfig, *, router_texts: Mapping[str, Sequence[st
             router_spec = router.save(tmp)
             log(f"router {config.router_kind}: trained on {sum(len(t) for t in router_texts.values())} texts "
                 f"of {len(router_texts)} domains")
+        files = {}
+        for rel, src in config.files.items():
+            if not Path(src).is_file():
+                raise BundleError(f"files: {src} (for {rel}) does not exist")
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, tmp / rel)
+            files[rel] = sha256_file(tmp / rel)
         spec = EnsembleSpec(members=specs, strategy=config.strategy, strategy_options=dict(config.strategy_options),
                             router=router_spec, memory_budget_mb=config.memory_budget_mb,
-                            grid_g_per_kwh=config.grid_g_per_kwh)
+                            grid_g_per_kwh=config.grid_g_per_kwh, files=files)
         write_json_atomic(tmp / ENSEMBLE_FILE, spec.to_dict())
         if config.strategy == "cascade":
             with Ensemble.load(tmp) as ensemble:

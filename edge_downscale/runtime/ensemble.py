@@ -80,6 +80,7 @@ class EnsembleSpec(StageConfig):
     router: dict | None = None
     memory_budget_mb: float | None = None
     grid_g_per_kwh: float = 400.0
+    files: dict = dataclasses.field(default_factory=dict)  # {path in the bundle: sha256}: eval data, recipe, summary
     version: int = BUNDLE_VERSION
 
     def validate(self) -> None:
@@ -92,6 +93,9 @@ class EnsembleSpec(StageConfig):
         check(isinstance(self.strategy_options, dict), "strategy_options must be an object")
         check(self.memory_budget_mb is None or self.memory_budget_mb > 0, "memory_budget_mb must be > 0 or null")
         check(self.grid_g_per_kwh >= 0, "grid_g_per_kwh must be >= 0")
+        check(isinstance(self.files, dict) and all(isinstance(k, str) and isinstance(v, str) and not Path(k).is_absolute()
+                                                   and ".." not in Path(k).parts for k, v in self.files.items()),
+              "files must map relative paths inside the bundle to sha256 strings")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -145,6 +149,7 @@ class Ensemble:
         self.stats: dict[str, Any] = {"loads": 0, "evictions": 0, "over_budget": 0, "answered_by": {}, "levels": {},
                                       "fallbacks": 0, "requests": 0}
         self._stats_lock = threading.Lock()
+        self._check_files()
         self.router = None
         if spec.router:
             self.router = load_router(self.root, spec.router)
@@ -167,6 +172,21 @@ class Ensemble:
         if not isinstance(data, dict):
             raise BundleError(f"{file}: expected a JSON object")
         return cls(EnsembleSpec.from_dict(data), file.parent, **kw)
+
+    def _check_files(self) -> None:
+        """Every extra file of the bundle (eval data, recipe, build summary) against its recorded sha256."""
+        for rel, digest in self.spec.files.items():
+            f = self.root / rel
+            if not f.is_file():
+                raise BundleError(f"{f} is missing; the bundle is incomplete, rebuild it")
+            if sha256_file(f) != digest:
+                raise BundleError(f"{f} does not match the hash in {ENSEMBLE_FILE} (replaced or modified); rebuild the bundle")
+
+    def file(self, rel: str) -> Path:
+        """The path of a hash-checked extra file of the bundle (``files`` in ensemble.json)."""
+        if rel not in self.spec.files:
+            raise BundleError(f"{self.root}: the bundle has no {rel} (it carries {sorted(self.spec.files) or 'no extra files'})")
+        return self.root / rel
 
     def _member_manifest(self, spec: MemberSpec) -> dict:
         directory = self.root / spec.path
