@@ -239,7 +239,12 @@ def _run_task(t: Task, recipe: Recipe, work: WorkDir, log: _Log, dist: _Distribu
     resume = (f"edge-downscale build {config.recipe}" + (f" --profile {config.profile}" if config.profile else "") +
               (f" --out {config.out}" if config.out else "") + (f" --work-dir {config.work_dir}" if config.work_dir else ""))
     try:
-        return RUNNERS[t.kind](t, target, recipe, progress)
+        try:
+            return RUNNERS[t.kind](t, target, recipe, progress)
+        except BaseException:
+            if t.kind not in TRAINING_KINDS:  # a training task keeps its checkpoints; anything else starts afresh
+                shutil.rmtree(target, ignore_errors=True)
+            raise
     except KeyboardInterrupt:
         raise BuildError(f"interrupted during {t.name}; finished tasks are kept: rerun `{resume}` to resume") from None
     except EdgeDownscaleError as e:
