@@ -1,1 +1,0 @@
-from .build import BuildConfig, BuildError, build
