@@ -121,7 +121,8 @@ def _object(cls: type, skip: tuple[str, ...] = ()) -> dict[str, Any]:
 
 
 def _quants_by_format() -> list[dict[str, Any]]:
-    return [{"if": {"properties": {"format": {"const": fmt}}, "required": ["format"]},
+    default = R.ExportSpec.format  # an absent format is the default one
+    return [{"if": {"properties": {"format": {"const": fmt}}, **({} if fmt == default else {"required": ["format"]})},
              "then": {"properties": {"quants": {"items": {"enum": list(qs)}},
                                      "member_quant": {"enum": [*qs, None]}}}}
             for fmt, qs in EXPORT_FORMATS.items()]

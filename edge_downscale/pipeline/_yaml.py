@@ -113,9 +113,12 @@ class Locator:
         visit(base, profile, ())
 
     def locate(self, path: KeyPath) -> tuple[Mark | None, KeyPath]:
+        table = self.origin
+        if path[:1] == ("profiles",):  # about the profiles themselves: where the file has them
+            table = {p: (m, p) for p, m in self.marks.items()}
         for i in range(len(path), -1, -1):
-            if path[:i] in self.origin:
-                mark, shown = self.origin[path[:i]]
+            if path[:i] in table:
+                mark, shown = table[path[:i]]
                 return mark, shown + tuple(path[i:])
         return None, tuple(path)
 
