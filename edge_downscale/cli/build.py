@@ -3,18 +3,19 @@ from __future__ import annotations
 
 import click
 
-from ..pipeline.build import BuildConfig
 from ._options import config_option
+
+BuildConfig = "edge_downscale.pipeline.build:BuildConfig"  # imports numpy: defaults read lazily
 
 
 @click.command("build", short_help="Compress and export a recipe into a bundle (cached, resumable).")
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option("--out", default="", type=click.Path(file_okay=False),
               help="The bundle directory to write (required unless --dry-run).")
-@config_option(BuildConfig, "profile", help="A profile of the recipe (its `profiles:` section), e.g. quick.")
-@config_option(BuildConfig, "work_dir", type=click.Path(file_okay=False),
+@config_option(BuildConfig, "profile", type=str, show_default=False, help="A profile of the recipe (its `profiles:` section), e.g. quick.")
+@config_option(BuildConfig, "work_dir", type=click.Path(file_okay=False), show_default=False,
                help="Where each task's output is cached by content  [default: ~/.cache/edge-downscale/build].")
-@config_option(BuildConfig, "device", type=click.Choice(["auto", "cpu", "cuda"]),
+@config_option(BuildConfig, "device", type=click.Choice(["auto", "cpu", "cuda"]), show_default=False,
                help="Device of the training stages (overrides the recipe's).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (tasks to run or reuse), estimated time, disk and "
                                               "the compression law's predicted quality; run nothing.")
@@ -33,7 +34,7 @@ def build_cmd(recipe, out, profile, work_dir, device, dry_run, overwrite, json_p
     GPUs with `accelerate launch -m edge_downscale.cli build ...`.
     """
     from .._io import write_result
-    from ..pipeline import build
+    from ..pipeline import BuildConfig, build
     from ..pipeline.report import format_plan, format_summary
 
     config = BuildConfig(recipe=recipe, out=out, profile=profile, work_dir=work_dir, device=device, dry_run=dry_run,
