@@ -55,9 +55,13 @@ lock:
 	$(PIP) install --quiet "$(UV_SPEC)"
 	UV=$(VENV)/bin/uv TORCH_SPEC="$(TORCH_SPEC)" LLAMA_CPP_SPEC="$(LLAMA_CPP_SPEC)" bash requirements/refresh.sh
 
+# The product end to end: build the recipe's quick profile into a bundle, then bench it against the teacher.
+DEMO_RECIPE ?= examples/recipes/smollm2-edge.yaml
+DEMO_PROFILE ?= quick
 demo: env
 	HF_HUB_OFFLINE=1 $(VENV)/bin/edge-downscale models pull smollm2-135m
-	HF_HUB_OFFLINE=1 $(VENV)/bin/edge-downscale eval smollm2-135m --domains code,docs,legal --json demo-eval.json
+	HF_HUB_OFFLINE=1 $(VENV)/bin/edge-downscale build $(DEMO_RECIPE) --profile $(DEMO_PROFILE) --out demo-bundle --overwrite
+	HF_HUB_OFFLINE=1 $(VENV)/bin/edge-downscale bench demo-bundle --baseline smollm2-135m --quick --out demo-report --overwrite
 
 test: env check-lock
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)

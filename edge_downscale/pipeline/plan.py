@@ -108,7 +108,7 @@ def make_plan(recipe: Recipe) -> list[Task]:
         elif stage == "prune":
             p = recipe.prune
             params = {"method": p.method, "ratio": p.ratio, "multiple": p.multiple, "seed": p.seed,
-                      "prunenet": p.prunenet.to_dict() if p.prunenet is not None else None,
+                      "prunenet": {**p.prunenet.to_dict(), "multiple": p.multiple} if p.prunenet is not None else None,
                       "calib_domain": p.calib_domain or domains[0]}
             for d in domains:
                 shared = current[d] is teacher
