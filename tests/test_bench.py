@@ -244,3 +244,16 @@ def test_importing_bench_leaves_torch_unimported():
             "print(','.join(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "", f"bench imported: {out.stdout.strip()}"
+
+
+def test_without_matplotlib_the_report_says_so_and_skips_plots(report, tmp_path, monkeypatch, capsys):
+    import copy
+
+    from edge_downscale.bench.report import write_report
+
+    rep = copy.deepcopy(report[0])
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    write_report(tmp_path / "r", rep)
+    assert "matplotlib is not installed" in capsys.readouterr().err
+    assert "matplotlib is not installed" in (tmp_path / "r" / "report.md").read_text()
+    assert not list((tmp_path / "r").glob("*.png")) and rep["bench"]["plots"] == []

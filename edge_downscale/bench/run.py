@@ -80,7 +80,8 @@ def _start_worker(config: Configuration) -> tuple[Duplex, subprocess.Popen]:
     """A fresh interpreter running :mod:`.worker`, and the pipes to it (its configuration already sent)."""
     to_child, from_parent = os.pipe()
     to_parent, from_child = os.pipe()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PACKAGE_ROOT), os.environ.get("PYTHONPATH", "")])}
+    paths = [str(PACKAGE_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}  # the workers import this very package
     proc = subprocess.Popen([sys.executable, "-c", WORKER_CODE, str(to_child), str(from_child)],
                             pass_fds=(to_child, from_child), env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL)
