@@ -62,6 +62,10 @@ class BundleError(EdgeDownscaleError):
     """An ensemble bundle is missing, malformed or tampered with, or none of its members could answer."""
 
 
+class BenchError(EdgeDownscaleError):
+    """A benchmark cannot run: a missing target or baseline, no held-out data, a worker that failed."""
+
+
 def require(module: str, extra: str):
     """Import an optional module or raise a MissingDependencyError naming the extra to install."""
     import importlib
