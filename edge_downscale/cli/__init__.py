@@ -1,8 +1,7 @@
 """The `edge-downscale` command: a thin click layer over the library's public functions.
 
-One module per command group (build, bench, recipe, models, data, eval, export, prune, train, laws, bundle,
-run); shared
-helpers and the config-driven options in :mod:`._options`. Library errors
+One module per command group (build, bench, recipe, models, data, eval, export, prune, train, laws,
+bundle, run); shared helpers and the config-driven options in :mod:`._options`. Library errors
 (:class:`~edge_downscale.errors.EdgeDownscaleError`) become one-line ``error: ...`` messages and a
 non-zero exit code; set EDGE_DOWNSCALE_DEBUG=1 to see tracebacks of unexpected failures.
 """
