@@ -38,15 +38,15 @@ def test_the_example_loads_and_round_trips_through_json(profile):
     assert r.name == "smollm2-edge" and r.teacher == "smollm2-135m" and r.stages == ("prune", "recover")
     assert [d.name for d in r.domains] == ["code", "docs", "legal"] and r.domains[0].corpus == "code"
     assert r.prune.method == "prunenet" and r.prune.ratio == 0.3 and r.prune.multiple == 64
-    assert r.export.format == "gguf" and r.export.bundle_quant == "q8_0" and r.baselines == ("smollm2-135m",)
+    assert r.export.format == "gguf" and r.export.member_quant is None and r.baselines == ("smollm2-135m",)
     assert r.source == str(EXAMPLE) and Path(r.law).is_file()
     d = json.loads(json.dumps(r.to_dict()))
     assert d == r.to_dict() and Recipe.from_dict(d) == r
     if profile is None:
-        assert r.export.quants == ("q8_0", "q4_0") and r.recover.train.token_budget == 65536
+        assert r.export.quants == ("q8_0", "f16") and r.recover.train.token_budget == 65536
         assert r.prune.prunenet is None
     else:
-        assert r.export.quants == ("q8_0",) and r.prune.prunenet.episodes <= 5
+        assert r.export.quants == ("q8_0", "f16") and r.prune.prunenet.episodes <= 5
         t = r.recover.train
         assert (t.token_budget, t.seq_len, t.batch_size) == (8192, 256, 4)
         assert r.eval.mc_items == 10 and r.eval.max_bytes == 4000 and r.data.corpus.max_docs == 300

@@ -138,7 +138,8 @@ def make_plan(recipe: Recipe) -> list[Task]:
     deps = {f"export:{d}": exports[d] for d in domains}
     deps.update({f"data:{d}": corpora[d] for d in domains})
     add(Task("bundle", "bundle", None,
-             {"domains": domains, "quant": e.bundle_quant, "format": e.format, "ensemble": ens.to_dict(),
+             {"domains": domains, "quant": e.member_quant, "quants": list(e.quants), "format": e.format,
+              "allow_degraded": e.allow_degraded, "ensemble": ens.to_dict(),
               "eval": recipe.eval.to_dict()}, deps))
     return tasks
 

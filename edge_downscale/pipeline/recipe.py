@@ -122,7 +122,7 @@ class ExportSpec(Section):
     stage: ClassVar[str] = "export"
     format: str = "gguf"  # gguf | onnx
     quants: tuple[str, ...] = ()  # quantisations of the format; [] = gguf q8_0, onnx int8
-    member_quant: str | None = None  # the quant that goes into the bundle; null = the first of quants
+    member_quant: str | None = None  # the quant that goes into the bundle; null = the first of quants that passes its gate
     max_bytes: int = 6000  # held-out bytes the parity gate scores
     allow_degraded: bool = False  # keep an artifact that misses its parity gate
 
@@ -143,7 +143,8 @@ class ExportSpec(Section):
 
     @property
     def bundle_quant(self) -> str:
-        return self.member_quant or self.quants[0]
+        """What the bundle takes, as a human reads it (the build picks per specialist when member_quant is null)."""
+        return self.member_quant or f"first of {', '.join(self.quants)} that passes its gate"
 
 
 @dataclasses.dataclass

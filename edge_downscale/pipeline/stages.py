@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..artifacts import MANIFEST
-from ..errors import ConfigError
+from ..errors import ConfigError, ExportError
 from .plan import Task, model_path
 from .recipe import Recipe
 
@@ -82,10 +82,33 @@ def run_export(task: Task, target: Path, recipe: Recipe, progress: bool) -> dict
     from ..export import ExportConfig, export_model
 
     p = task.params
+    # Every artifact is kept with its gate result; the bundle takes one that passed (see member_artifact).
     manifests = export_model(model_path(task.deps["model"]), ExportConfig(
         out_dir=str(target), format=p["format"], quants=tuple(p["quants"]), domain=str(task.deps["data"].output),
-        max_bytes=p["max_bytes"], allow_degraded=p["allow_degraded"]), log=_quiet)
+        max_bytes=p["max_bytes"], allow_degraded=True), log=_quiet)
+    gates = {m["quantization"]: m.get("parity") or {} for m in manifests}
+    if not p["allow_degraded"] and not any(g.get("passed") for g in gates.values()):
+        raise ExportError("no quantisation passed its parity gate: " + "; ".join(
+            f"{q} bpb {g.get('bpb_rel_delta', 0):+.2%}, KL {g.get('mean_kl', 0):.4f}" for q, g in gates.items()) +
+            "; add a higher-precision quant (f16) to export.quants or set export.allow_degraded: true")
     return {"artifacts": {m["quantization"]: {"bytes": m["total_bytes"], "parity": m.get("parity")} for m in manifests}}
+
+
+def member_artifact(export_dir: Path, p: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(quant, gate) of the artifact a specialist contributes: ``member_quant``, else the first of ``quants``
+    that passed its gate (the first of all when ``allow_degraded``)."""
+    gates = {q: json.loads((export_dir / f"{p['format']}-{q}" / MANIFEST).read_text()).get("parity") or {}
+             for q in p["quants"]}
+    if p["quant"] is not None:
+        if not gates[p["quant"]].get("passed") and not p["allow_degraded"]:
+            g = gates[p["quant"]]
+            raise ExportError(f"{p['quant']} (export.member_quant) failed its parity gate (bpb "
+                              f"{g.get('bpb_rel_delta', 0):+.2%}, KL {g.get('mean_kl', 0):.4f}); choose another "
+                              "member_quant, null (the first that passes), or set export.allow_degraded: true")
+        return p["quant"], gates[p["quant"]]
+    passed = [q for q in p["quants"] if gates[q].get("passed")]
+    quant = passed[0] if passed else p["quants"][0]
+    return quant, gates[quant]
 
 
 def _quiet(msg: str) -> None:  # the build's own display says what export is doing
@@ -117,11 +140,12 @@ def run_bundle(task: Task, target: Path, recipe: Recipe, progress: bool) -> dict
     p = task.params
     ens = recipe.ensemble
     members, data, gates = [], {}, {}
+    quants = {}
     for d in p["domains"]:
-        art = Path(task.deps[f"export:{d}"].output) / f"{p['format']}-{p['quant']}"
-        members.append({"name": d, "path": str(art), "domain": d})
+        export_dir = Path(task.deps[f"export:{d}"].output)
+        quants[d], gates[d] = member_artifact(export_dir, p)
+        members.append({"name": d, "path": str(export_dir / f"{p['format']}-{quants[d]}"), "domain": d})
         data[d] = eval_data(task.deps[f"data:{d}"].output, recipe.eval)
-        gates[d] = json.loads((art / MANIFEST).read_text()).get("parity")
     corpora = {d: task.deps[f"data:{d}"].output for d in p["domains"]}
     with tempfile.TemporaryDirectory(prefix="bundle-files.", dir=target.parent) as tmp:
         files = {f"{EVAL_DIR}/{d}.jsonl": str(path) for d, path in write_eval_data(Path(tmp) / EVAL_DIR, data).items()}
@@ -138,7 +162,7 @@ def run_bundle(task: Task, target: Path, recipe: Recipe, progress: bool) -> dict
         member_dir = target / "members" / d
         with open_artifact(member_dir) as backend:
             bpb = bits_per_byte(backend, data[d][0], max_length=recipe.eval.max_length, stride=recipe.eval.stride)
-        specialists[d] = {"bytes": _dir_bytes(member_dir), "parity": gates[d], "heldout_bpb": bpb.bits_per_byte,
+        specialists[d] = {"quant": quants[d], "bytes": _dir_bytes(member_dir), "parity": gates[d], "heldout_bpb": bpb.bits_per_byte,
                           "heldout_bytes": bpb.n_bytes}
     return {"specialists": specialists}
 
