@@ -2,8 +2,7 @@
 
 base (errors, config, _io, _env, artifacts) -> runtime -> eval -> models -> data -> compress -> export
 -> bundle -> pipeline -> cli; bench and serve may import only the base, runtime and eval, and only the
-cli imports them. Imports
-inside functions count: a lazy import is still an edge.
+cli (the top) imports them. Imports inside functions count: a lazy import is still an edge.
 """
 import ast
 from pathlib import Path
@@ -66,7 +65,7 @@ def test_the_import_graph_has_no_edge_against_the_layer_order():
         if src in RESTRICTED:
             ok = dst in RESTRICTED[src]
         elif dst in RESTRICTED:
-            ok = src == "cli"  # only the CLI (the top) imports the device-side tools
+            ok = src == "cli"  # the device-side tools are run by the CLI; nothing else imports them
         else:
             assert src in RANK, f"{file}: top-level module {src!r} is in no layer; add it to ORDER"
             assert dst in RANK or dst in RESTRICTED, f"{file}:{line}: imports unknown layer {dst!r}"

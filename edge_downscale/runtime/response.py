@@ -24,6 +24,8 @@ class Response:
     bits_per_byte: float | None = None  # score
     details: dict[str, Any] = dataclasses.field(default_factory=dict)  # router decision, cascade levels, votes
     fallbacks: list[dict[str, str]] = dataclasses.field(default_factory=list)  # {"member", "error"} per failure
+    tokens: list[int] | None = None  # generate: the answer's token ids (the answering member's vocabulary)
+    token_logprobs: list[float] | None = None  # generate: log-probability of each of those tokens
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -187,7 +187,7 @@ class RouteStrategy(Strategy):
             yield ResponseChunk("", Response(
                 strategy=self.name, members=[name], reason=self._reason(name, info, fallbacks), usage=final.usage,
                 text=final.text, finish_reason=final.finish_reason, details={"route": info, "template": final.template},
-                fallbacks=fallbacks))
+                fallbacks=fallbacks, tokens=final.tokens, token_logprobs=final.logprobs))
             return
         raise self._all_failed(fallbacks)
 
@@ -304,7 +304,7 @@ class CascadeStrategy(Strategy):
         yield ResponseChunk("", Response(self.name, [name], self._reason(level, name, records), usage, text=gen.text,
                                          finish_reason=gen.finish_reason,
                                          details={"level": level, "levels": records, "template": gen.template},
-                                         fallbacks=fallbacks))
+                                         fallbacks=fallbacks, tokens=gen.tokens, token_logprobs=gen.logprobs))
 
     def score(self, text: str) -> Response:
         level, name, scored, records, fallbacks = self._run("score", lambda b: b.score(text), lambda s: s.mean)
@@ -435,7 +435,8 @@ class VoteStrategy(Strategy):
         yield ResponseChunk("", Response(
             self.name, [authors[winner]], reason, usage, text=gen.text, finish_reason=gen.finish_reason,
             details={"candidates": {a: t for a, t in zip(authors, texts)},
-                     "cross_scores": {a: float(c) for a, c in zip(authors, cross)}}, fallbacks=fallbacks))
+                     "cross_scores": {a: float(c) for a, c in zip(authors, cross)}}, fallbacks=fallbacks,
+            tokens=gen.tokens, token_logprobs=gen.logprobs))
 
     def _cross_scores(self, context: str, authors: list[str], texts: list[str], fallbacks) -> np.ndarray:
         """Per candidate: mean over the *other* members of its mean token log-probability (n_candidates,)."""
