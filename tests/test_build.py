@@ -137,7 +137,8 @@ def test_a_killed_build_resumes_mid_training(inputs, tmp_path):
     assert not (tmp_path / "bundle").exists()
     assert not (work / "recover" / partial.name.removesuffix(".partial") / STAGE_FILE).exists()  # nothing looks finished
     plan = build(BuildConfig(recipe=str(recipe), work_dir=str(work), dry_run=True), echo=lambda m: None)
-    assert "resume" in {r["status"] for r in plan["tasks"]}
+    assert "resume" in {r["status"] for r in plan["tasks"]}, (partial.name, sorted(p.name for p in partial.iterdir()),
+                                                              [(r["task"], r["key"], r["status"]) for r in plan["tasks"]])
     summary = build(BuildConfig(recipe=str(recipe), out=str(tmp_path / "bundle"), work_dir=str(work)),
                     echo=lambda m: None, progress=False)
     assert "corpus" not in ran(summary) and "prune" not in ran(summary)

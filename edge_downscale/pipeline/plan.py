@@ -108,13 +108,15 @@ def make_plan(recipe: Recipe) -> list[Task]:
         elif stage == "prune":
             p = recipe.prune
             params = {"method": p.method, "ratio": p.ratio, "multiple": p.multiple, "seed": p.seed,
-                      "prunenet": {**p.prunenet.to_dict(), "multiple": p.multiple} if p.prunenet is not None else None,
-                      "calib_domain": p.calib_domain or domains[0]}
+                      "prunenet": {**p.prunenet.to_dict(), "multiple": p.multiple} if p.prunenet is not None else None}
             for d in domains:
                 shared = current[d] is teacher
                 deps = {"model": current[d]}
-                if p.method == "activation" and params["calib_domain"] in corpora:  # else a demo domain or directory
-                    deps["calib"] = corpora[params["calib_domain"]]
+                if p.method == "activation":
+                    # calibration text: the named domain; by default each domain's own train split (the first
+                    # domain's when one pruned model serves every domain)
+                    calib = p.calib_domain or (domains[0] if shared else d)
+                    deps["calib"] = corpora[calib]
                 current[d] = add(Task("prune", f"prune {'teacher' if shared else d} r={p.ratio:g}",
                                       None if shared else d, params, deps))
             pruned = True

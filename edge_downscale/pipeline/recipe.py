@@ -88,7 +88,7 @@ class ModelPruneSpec(Section):
     multiple: int = 64  # kept widths are rounded to this
     seed: int = 0
     prunenet: PruneNetConfig | None = None  # PruneNetConfig fields; null = its defaults (with this multiple and seed)
-    calib_domain: str | None = None  # calibration text of method activation; null = the first domain
+    calib_domain: str | None = None  # calibration text of method activation; null = each domain's own
 
     def validate(self) -> None:
         check(self.method in METHODS, f"method must be one of {', '.join(METHODS)}, got {self.method!r}")

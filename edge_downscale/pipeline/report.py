@@ -51,11 +51,11 @@ def stage_seconds(summary: dict[str, Any], domain: str) -> dict[str, str]:
 
 def format_summary(summary: dict[str, Any]) -> str:
     kinds = [k for k in STAGE_COLUMNS if any(t["kind"] == k for t in summary["tasks"])]
-    rows = [("specialist", "MB", "gate (bpb delta, KL)", "held-out bpb", *[f"{k} s" for k in kinds])]
+    rows = [("specialist", "quant", "MB", "gate (bpb delta, KL)", "held-out bpb", *[f"{k} s" for k in kinds])]
     for d, s in summary["specialists"].items():
         gate = s.get("parity") or {}
         gate_text = (f"{'pass' if gate.get('passed') else 'FAIL'} ({gate['bpb_rel_delta']:+.2%}, {gate['mean_kl']:.4f})"
                      if gate else "not checked")
         secs = stage_seconds(summary, d)
-        rows.append((d, _mb(s["bytes"]), gate_text, f"{s['heldout_bpb']:.4f}", *[secs.get(k, "-") for k in kinds]))
+        rows.append((d, s.get("quant", "-"), _mb(s["bytes"]), gate_text, f"{s['heldout_bpb']:.4f}", *[secs.get(k, "-") for k in kinds]))
     return markdown_table(rows) + f"\nbuild time {summary['seconds'] / 60:.1f} min; bundle {summary['bundle']}"

@@ -50,7 +50,7 @@ def run_prune(task: Task, target: Path, recipe: Recipe, progress: bool) -> dict[
     from ..compress.prune import PruneConfig, prune_to_dirs
 
     p = task.params
-    calib = task.deps["calib"].output if "calib" in task.deps else p["calib_domain"]
+    calib = task.deps["calib"].output if "calib" in task.deps else "docs"  # only the activation method reads it
     summary = prune_to_dirs(model_path(task.deps["model"]), PruneConfig(
         out_dir=str(target), ratios=(p["ratio"],), method=p["method"], prunenet=p["prunenet"],
         calib_domain=str(calib), multiple=p["multiple"], seed=p["seed"]), progress=progress)
