@@ -163,9 +163,9 @@ def test_generation_samples_from_the_mixture(bundle, direct):
         ids = be.prefix_ids + be.tokenize(CODE_PROMPT)
         rows[name] = np.exp(log_softmax(be.logits(ids)[-1:])[0])
     mix = w["coder"] * rows["coder"] + w["lawyer"] * rows["lawyer"]
-    if final.tokens:
-        assert final.tokens[0] == int(np.argmax(mix))
-        assert final.token_logprobs[0] == pytest.approx(math.log(mix[final.tokens[0]]), abs=1e-4)
+    assert final.tokens and final.tokens[0] == int(np.argmax(mix))
+    assert final.token_logprobs[0] == pytest.approx(math.log(mix[final.tokens[0]]), abs=1e-4)
+    assert abs(math.log(rows["coder"][final.tokens[0]]) - final.token_logprobs[0]) > 1e-6  # not one member's
     assert final.usage.completion_tokens == 2 * len(final.tokens)  # summed over the two members
 
 
