@@ -75,7 +75,7 @@ def report(bundle, exports, tmp_path_factory):
 def test_one_record_per_configuration_with_finite_metrics(report):
     rep, out = report
     names = [r["name"] for r in rep["records"]]
-    assert names == ["base", "bundle/coder", "bundle/writer", "bundle[route]", "bundle[vote]"]
+    assert names == ["base", "bundle/coder", "bundle/writer", "bundle[route]", "bundle[vote]", "bundle[mixture]"]
     assert [s["strategy"] for s in rep["bench"]["skipped"]] == ["cascade"]  # no calibrated thresholds
     for r in rep["records"]:
         for key in ("bpb_mixed", "mc_acc_mixed", "ttft_s", "throughput_tok_s", "j_per_token", "peak_rss_mb", "size_mb"):
@@ -86,10 +86,12 @@ def test_one_record_per_configuration_with_finite_metrics(report):
         assert r["peak_rss_mb"] >= r["rss_before_load_mb"] > 0
         if r["streams"]:
             assert r["decode_tok_s"] > 0 and r["prefill_tok_s"] > 0 and r["itl_p95_ms"] >= r["itl_p50_ms"] >= 0
-    vote = rep["records"][-1]
+    vote = next(r for r in rep["records"] if r["name"] == "bundle[vote]")
     assert not vote["streams"] and vote["decode_tok_s"] is None  # vote answers only when finished
     sizes = {r["name"]: r["size_mb"] for r in rep["records"]}
     assert sizes["bundle[vote]"] == pytest.approx(sizes["bundle/coder"] + sizes["bundle/writer"])
+    mixture = next(r for r in rep["records"] if r["name"] == "bundle[mixture]")  # router + 2 members
+    assert mixture["streams"] and sizes["bundle[mixture]"] == pytest.approx(sizes["bundle[vote]"])
 
 
 def test_ratios_are_to_the_first_baseline(report):
@@ -127,7 +129,7 @@ def test_report_files(report):
     rep, out = report
     data = json.loads((out / "report.json").read_text())
     assert data["environment"]["cpu"]["model"] and "gpu" in data["environment"]
-    assert data["bench"]["config"]["profile"] == "quick" and len(data["records"]) == 5
+    assert data["bench"]["config"]["profile"] == "quick" and len(data["records"]) == 6
     md = (out / "report.md").read_text()
     assert "| configuration" in md and "bundle[vote]" in md and "## Notes" in md and "Not measured" in md
     pytest.importorskip("matplotlib")

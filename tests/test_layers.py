@@ -85,6 +85,6 @@ def test_the_layer_walker_sees_relative_lazy_and_absolute_imports(tmp_path):
 
 def test_runtime_modules_have_no_import_cycle_between_ensemble_and_strategies():
     """The ensemble imports its strategies and responses, never the reverse."""
-    for name in ("strategies", "response"):
+    for name in ("strategies", "mixture", "response"):
         targets = {t for _, t in imported_modules(PACKAGE / "runtime" / f"{name}.py")}
         assert ("runtime", "ensemble") not in targets, f"runtime/{name}.py imports runtime.ensemble"

@@ -1,9 +1,9 @@
 """What a run measures: bundles, models and baselines turned into configurations, and the held-out data.
 
 A bundle gives one configuration per member and one per strategy it supports: its own, ``route`` when
-it has a router, ``vote`` when it has two members or more, ``cascade`` when its strategy options hold
-thresholds calibrated for every request kind (generate, score, choose). A model (a GGUF file or an
-export directory) gives one. Bundles are verified in full before anything is measured: the manifest
+it has a router, ``vote`` when it has two members or more, ``mixture`` when it has both, ``cascade``
+when its strategy options hold thresholds calibrated for every request kind (generate, score, choose).
+A model (a GGUF file or an export directory) gives one. Bundles are verified in full before anything is measured: the manifest
 hashes and extra files when loaded (:meth:`Ensemble.load`), and every member's files against its
 manifest here, so a tampered member is refused instead of being skipped by a fallback mid-run.
 """
@@ -77,6 +77,8 @@ def _cascade_unsupported(ens: Ensemble, options: dict) -> str | None:
 _UNSUPPORTED: dict[str, Callable[[Ensemble, dict], str | None]] = {
     "route": lambda ens, o: None if ens.spec.router else "the bundle has no router",
     "vote": lambda ens, o: None if len(ens.spec.members) >= 2 else "vote needs at least two members",
+    "mixture": lambda ens, o: ("the bundle has no router" if not ens.spec.router
+                               else None if len(ens.spec.members) >= 2 else "mixture needs at least two members"),
     "cascade": _cascade_unsupported,
 }
 

@@ -105,8 +105,9 @@ def build_bundle(config: BundleConfig, *, router_texts: Mapping[str, Sequence[st
         router_texts = texts_by_domain(config.router_corpora, "train")
     if calibration is None and config.calibrate_corpora:
         calibration = calibration_data(config.calibrate_corpora)
-    if config.strategy == "route" and not router_texts:
-        raise ConfigError("the route strategy needs router training texts per domain (--router-corpus DOMAIN=DIR)")
+    if config.strategy in ("route", "mixture") and not router_texts:
+        raise ConfigError(f"the {config.strategy} strategy needs router training texts per domain "
+                          "(--router-corpus DOMAIN=DIR)")
     if config.strategy == "cascade" and not calibration:
         raise ConfigError("a cascade needs held-out calibration data (--calibrate-corpus DIR) to set its thresholds")
     with atomic_path(out) as tmp:

@@ -6,6 +6,8 @@ import click
 from ._options import _echo_json, _Group, _key_values, _option_value, config_option
 
 _BUNDLE = "edge_downscale.bundle:BundleConfig"  # imports numpy: its defaults are read lazily
+# edge_downscale.runtime.STRATEGIES, spelled out so the CLI starts without numpy (a test keeps them equal)
+STRATEGY_NAMES = ("route", "cascade", "vote", "mixture")
 
 
 @click.group(cls=_Group, short_help="Build and inspect ensemble bundles.")
@@ -13,11 +15,11 @@ def bundle():
     """Ensemble bundles: exported specialists + ensemble.json (strategy, router, thresholds)."""
 
 
-@bundle.command("build", short_help="Bundle exports into an ensemble (route, cascade or vote).")
+@bundle.command("build", short_help="Bundle exports into an ensemble (route, cascade, vote or mixture).")
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--member", "member_args", multiple=True, required=True, metavar="NAME=EXPORT_DIR[:DOMAIN]",
               help="A member: an export directory (with model.json) and the domain it serves. Repeat.")
-@config_option(_BUNDLE, "strategy", choices=["route", "cascade", "vote"])
+@config_option(_BUNDLE, "strategy", choices=STRATEGY_NAMES)
 @click.option("--router-corpus", "router_corpora", multiple=True, metavar="DOMAIN=CORPUS",
               help="Router training text: a corpus from `data build` (or a demo domain name). Route only; repeat.")
 @config_option(_BUNDLE, "router_kind", choices=["ngram-linear", "centroid"])

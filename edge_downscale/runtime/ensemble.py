@@ -17,9 +17,10 @@ request at a time per member; different members run in parallel). Members load o
 under ``memory_budget_mb``, the least recently used idle member is closed to make room (a member in
 use is never evicted; if every loaded member is busy the budget is exceeded and ``stats`` says so).
 
-Strategies (route / cascade / vote) live in :mod:`~edge_downscale.runtime.strategies`; whatever the
-strategy, :meth:`Ensemble.generate`, :meth:`Ensemble.score` and :meth:`Ensemble.choose` return a
-:class:`Response` that says which member(s) answered and why.
+Strategies (route / cascade / vote) live in :mod:`~edge_downscale.runtime.strategies`, mixture in
+:mod:`~edge_downscale.runtime.mixture`; whatever the strategy, :meth:`Ensemble.generate`,
+:meth:`Ensemble.score` and :meth:`Ensemble.choose` return a :class:`Response` that says which
+member(s) answered and why.
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ from .energy import energy_fields
 from .generation import GenerationConfig, default_meter
 from .response import MemberError, Response, ResponseChunk
 from .router import load_router
+from . import mixture  # noqa: F401 - registers the mixture strategy in STRATEGIES
 from .strategies import STRATEGIES, make_strategy
 
 ENSEMBLE_FILE = "ensemble.json"

@@ -1,4 +1,4 @@
-"""How an ensemble combines its members: route, cascade or vote, behind one small interface.
+"""How an ensemble combines its members: route, cascade or vote (and mixture, in its own module).
 
 * **route** -- an offline router (:mod:`~edge_downscale.runtime.router`) picks one member per
   request from the prompt text; the member for the router's label answers. If it fails (or cannot
@@ -16,6 +16,8 @@
   members' candidates (mean token log-probability as a continuation of the prompt) and the best
   cross-scored candidate wins; ``majority`` instead takes the most common normalised answer
   (cross-score breaks ties). For scoring, the sequence mixture ``log sum_m w_m p_m(text)``.
+* **mixture** -- a token-level mixture of the router's top-k members weighted by its posterior
+  (c-BTM), in :mod:`~edge_downscale.runtime.mixture`.
 
 Prompt errors (bad messages, ``overflow="error"``) are the caller's and raise at once; any other
 failure of a member is recorded in ``Response.fallbacks`` and the strategy carries on without it.
@@ -30,7 +32,7 @@ from typing import Any, ClassVar, Iterator, Sequence
 
 import numpy as np
 
-from ..config import StageConfig, check
+from ..config import StageConfig, check, registrar
 from ..errors import BundleError, ConfigError
 from .base import Backend
 from .generation import Generation, GenerationConfig, Usage, check_messages
@@ -463,6 +465,9 @@ class VoteStrategy(Strategy):
 
 
 STRATEGIES: dict[str, type[Strategy]] = {"route": RouteStrategy, "cascade": CascadeStrategy, "vote": VoteStrategy}
+# more strategies register themselves from their own modules (mixture: runtime/mixture.py, imported by
+# the ensemble), so this module never imports them.
+register_strategy = registrar(STRATEGIES, "strategy")
 
 
 def make_strategy(name: str, ensemble, options: dict[str, Any]) -> Strategy:
