@@ -147,15 +147,18 @@ def run_bundle(task: Task, target: Path, recipe: Recipe, progress: bool) -> dict
         members.append({"name": d, "path": str(export_dir / f"{p['format']}-{quants[d]}"), "domain": d})
         data[d] = eval_data(task.deps[f"data:{d}"].output, recipe.eval)
     corpora = {d: task.deps[f"data:{d}"].output for d in p["domains"]}
+    # one specialist answers everything itself: a vote of one needs no router
+    strategy = ens.strategy if len(members) > 1 else "vote"
     with tempfile.TemporaryDirectory(prefix="bundle-files.", dir=target.parent) as tmp:
         files = {f"{EVAL_DIR}/{d}.jsonl": str(path) for d, path in write_eval_data(Path(tmp) / EVAL_DIR, data).items()}
         (Path(tmp) / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False), encoding="utf-8")
         files["recipe.yaml"] = str(Path(tmp) / "recipe.yaml")
         build_bundle(BundleConfig(
-            out=str(target), members=members, strategy=ens.strategy, strategy_options=dict(ens.strategy_options),
-            router_corpora=corpora if ens.strategy == "route" or len(members) > 1 else {},
+            out=str(target), members=members, strategy=strategy,
+            strategy_options=dict(ens.strategy_options) if strategy == ens.strategy else {},
+            router_corpora=corpora if len(members) > 1 else {},
             router_kind=ens.router_kind, router_options=dict(ens.router_options),
-            calibrate_corpora=tuple(corpora.values()) if ens.strategy == "cascade" else (),
+            calibrate_corpora=tuple(corpora.values()) if strategy == "cascade" else (),
             target_acceptance=ens.target_acceptance, memory_budget_mb=ens.memory_budget_mb, files=files), log=_quiet)
     specialists = {}
     for d in p["domains"]:

@@ -1,0 +1,188 @@
+"""The headline study: does the default recipe's ensemble of pruned specialists beat the dense teacher?
+
+    .venv/bin/python benchmarks/headline.py [--recipe examples/recipes/smollm2-edge.yaml] [--profile P]
+                                            [--quick] [--no-gemma] [--json results/headline.json]
+
+One run, one machine, one runtime, the same held-out test text and multiple-choice items (the
+specialists' bundle carries them), every configuration benched side by side (`edge_downscale.bench`,
+rounds interleaved). Rows:
+
+1. the dense teacher, exported at the specialists' quantisation, and as shipped (Q4_1);
+2. the compute-matched generalist: the teacher adapted on the union of the domains' training text
+   for as many tokens as all specialists were trained on together (adapt + recover);
+3. gemma3-270m (Q4_K_M), twice the size;
+4. each specialist alone on every domain, and the same specialists unpruned (adapted only);
+5. the ensemble under route, mixture and vote.
+
+Every model comes from `edge-downscale build` on recipes derived from the one given (the unpruned and
+generalist recipes reuse its cached adapt tasks and corpora). The targets are checked and printed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import yaml  # noqa: E402
+
+from edge_downscale._io import cache_dir, write_result  # noqa: E402
+from edge_downscale.bench import BenchConfig, run_bench  # noqa: E402
+from edge_downscale.data import iter_texts  # noqa: E402
+from edge_downscale.eval import markdown_table  # noqa: E402
+from edge_downscale.pipeline import BuildConfig, build, load_recipe  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def derived_recipe(base: dict, path: Path, **changes) -> Path:
+    """Write ``base`` (a resolved recipe dict) with top-level ``changes`` as a new recipe file."""
+    d = {k: v for k, v in base.items() if k != "source"}
+    d.update(changes)
+    path.write_text(yaml.safe_dump(d, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def run_build(recipe: Path, out: Path, work_dir: str | None, log) -> dict:
+    t0 = time.perf_counter()
+    summary = build(BuildConfig(recipe=str(recipe), out=str(out), work_dir=work_dir, overwrite=True), echo=log)
+    summary["wall_s"] = round(time.perf_counter() - t0, 1)
+    return summary
+
+
+def union_corpus(summary: dict, work: Path, path: Path) -> Path:
+    """The training text of every domain, as one JSONL corpus (what the generalist is adapted on)."""
+    kinds = {t["domain"]: t for t in summary["tasks"] if t["kind"] in ("corpus", "dataprune")}  # dataprune wins
+    with open(path, "w", encoding="utf-8") as f:
+        for domain, t in sorted(kinds.items()):
+            for text in iter_texts(work / t["kind"] / t["key"], "train"):
+                f.write(json.dumps({"text": text}) + "\n")
+    return path
+
+
+def teacher_export(quant: str, log) -> Path:
+    """The dense teacher exported (parity-gated) at ``quant``, cached across runs."""
+    from edge_downscale.export import ExportConfig, export_model, source_directory
+
+    root = cache_dir("bench", "smollm2-gguf")
+    art = root / f"gguf-{quant}"
+    if not (art / "model.json").is_file():
+        tmp = root / "new"
+        shutil.rmtree(tmp, ignore_errors=True)
+        export_model(str(source_directory("smollm2-135m")), ExportConfig(out_dir=tmp, format="gguf", quants=(quant,)),
+                     log=log)
+        os.replace(tmp / f"gguf-{quant}", art)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return art
+
+
+def targets(records: list[dict], domains: list[str], teacher: str, generalist: str | None, gemma: str | None) -> list[dict]:
+    by = {r["name"]: r for r in records}
+    out = []
+    for r in records:
+        if r["kind"] != "ensemble" or r.get("strategy") not in ("route", "mixture") or "unpruned" in r["name"]:
+            continue
+        row = {"ensemble": r["name"]}
+        t = by[teacher]
+        row["beats_teacher"] = {d: r["domains"][d]["bpb"] - t["domains"][d]["bpb"] for d in domains}
+        row["j_per_token_vs_teacher"] = (r["j_per_token"] / t["j_per_token"]) if r["j_per_token"] and t["j_per_token"] else None
+        row["mc_vs_teacher"] = {d: r["domains"][d]["mc_acc"] - t["domains"][d]["mc_acc"] for d in domains}
+        if generalist in by:
+            row["beats_generalist"] = {d: r["domains"][d]["bpb"] - by[generalist]["domains"][d]["bpb"] for d in domains}
+        if gemma in by:
+            g = by[gemma]
+            row["beats_gemma"] = {d: r["domains"][d]["bpb"] - g["domains"][d]["bpb"] for d in domains}
+            row["j_per_token_vs_gemma"] = (r["j_per_token"] / g["j_per_token"]) if r["j_per_token"] and g["j_per_token"] else None
+        out.append(row)
+    return out
+
+
+def table(records: list[dict], domains: list[str], build_s: dict[str, float]) -> str:
+    rows = [("configuration", *[f"{d} bpb" for d in domains], "mixed bpb", *[f"{d} MC" for d in domains],
+             "prefill tok/s", "decode tok/s", "J/token", "MB", "peak RSS MB", "build min")]
+    f = lambda x, s=".3f": "-" if x is None else format(x, s)  # noqa: E731
+    for r in records:
+        group = r["name"].split("/")[0].split("[")[0]
+        rows.append((r["name"], *[f(r["domains"][d]["bpb"]) for d in domains], f(r["bpb_mixed"]),
+                     *[f(r["domains"][d]["mc_acc"], ".2f") for d in domains], f(r["prefill_tok_s"], ".0f"),
+                     f(r["decode_tok_s"], ".1f"), f"{f(r['j_per_token'], '.3f')} ({r['energy_source']})",
+                     f(r["size_mb"], ".0f"), f(r["peak_rss_mb"], ".0f"),
+                     f(build_s[group] / 60, ".1f") if group in build_s else "-"))
+    return markdown_table(rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--recipe", default=str(ROOT / "examples/recipes/smollm2-edge.yaml"))
+    ap.add_argument("--profile", default=None)
+    ap.add_argument("--work-dir", default=None, help="the build cache (default: the user cache)")
+    ap.add_argument("--quick", action="store_true", help="bench's quick profile (a smoke run)")
+    ap.add_argument("--no-gemma", action="store_true")
+    ap.add_argument("--out", default=str(ROOT / "results/headline"), help="bench report directory")
+    ap.add_argument("--json", default=str(ROOT / "results/headline.json"))
+    args = ap.parse_args()
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    t_start = time.perf_counter()
+
+    recipe = load_recipe(args.recipe, args.profile)
+    base = recipe.to_dict()
+    domains = [d.name for d in recipe.domains]
+    work = Path(args.work_dir).expanduser() if args.work_dir else cache_dir("build")
+    tmp = Path(tempfile.mkdtemp(prefix="headline-"))
+    builds = {}
+    builds["specialists"] = run_build(Path(args.recipe) if not args.profile else
+                                      derived_recipe(base, tmp / "specialists.yaml"), tmp / "specialists",
+                                      args.work_dir, log)
+    builds["unpruned"] = run_build(derived_recipe(base, tmp / "unpruned.yaml", name="unpruned", stages=["adapt"]),
+                                   tmp / "unpruned", args.work_dir, log)
+    tokens = len(domains) * (recipe.adapt.train.token_budget * ("adapt" in recipe.stages) +
+                             recipe.recover.train.token_budget * ("recover" in recipe.stages))
+    union = union_corpus(builds["specialists"], work, tmp / "union.jsonl")
+    adapt = {**base["adapt"], "train": {**base["adapt"]["train"], "token_budget": tokens}}
+    builds["generalist"] = run_build(derived_recipe(base, tmp / "generalist.yaml", name="generalist", stages=["adapt"],
+                                                    domains=[{"name": "general", "corpus": str(union)}],
+                                                    data={**base["data"], "prune": None}, adapt=adapt),
+                                     tmp / "generalist", args.work_dir, log)
+
+    quants = sorted({s["quant"] for s in builds["specialists"]["specialists"].values()})
+    baselines = [(f"teacher-{q}", str(teacher_export(q, log))) for q in quants]
+    from edge_downscale.models import pull
+
+    baselines.append(("teacher-q4_1-shipped", str(pull("smollm2-135m"))))
+    if not args.no_gemma:
+        baselines.append(("gemma3-270m", str(pull("gemma3-270m"))))
+    members = [(f"unpruned/{d}", tmp / "unpruned" / "members" / d) for d in domains]
+    members.append(("generalist", tmp / "generalist" / "members" / "general"))
+    config = BenchConfig.quick() if args.quick else BenchConfig(max_bytes=12000, mc_items=40, rounds=4, n_prompts=4,
+                                                                max_tokens=48)
+    report = run_bench([str(tmp / "specialists")] + [str(p) for _, p in members], config, baselines=baselines,
+                       out=args.out, progress=True)
+    records = report["records"]
+    for r in records:  # name the plain-model rows by what they are
+        for label, p in members:
+            if r.get("path") and Path(r["path"]).resolve().is_relative_to(Path(p).resolve()):
+                r["name"] = label
+    build_s = {"specialists": builds["specialists"]["seconds"], "unpruned": builds["unpruned"]["seconds"],
+               "generalist": builds["generalist"]["seconds"]}
+    checks = targets(records, domains, baselines[0][0], "generalist", None if args.no_gemma else "gemma3-270m")
+    text = table(records, domains, build_s)
+    print(text)
+    print(json.dumps(checks, indent=2))
+    write_result(args.json, {"recipe": base, "profile": args.profile, "builds": builds, "bench": report["bench"],
+                             "records": [{k: v for k, v in r.items() if k not in ("rounds", "per_round")} for r in records],
+                             "targets": checks, "table": text, "seconds": round(time.perf_counter() - t_start, 1)})
+    for name in ("quality_vs_energy.png", "bpb_by_domain.png"):
+        if (Path(args.out) / name).is_file():
+            shutil.copyfile(Path(args.out) / name, ROOT / "results" / f"headline_{name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
