@@ -35,23 +35,27 @@ def error(tmp_path, text, profile=None) -> str:
 @pytest.mark.parametrize("profile", [None, "quick"])
 def test_the_example_loads_and_round_trips_through_json(profile):
     r = load_recipe(EXAMPLE, profile)
-    assert r.name == "smollm2-edge" and r.teacher == "smollm2-135m" and r.stages == ("prune", "recover")
+    assert r.name == "smollm2-edge" and r.teacher == "smollm2-135m"
     assert [d.name for d in r.domains] == ["code", "docs", "legal"] and r.domains[0].corpus == "code"
-    assert r.prune.method == "prunenet" and r.prune.ratio == 0.3 and r.prune.multiple == 64
+    assert r.prune.ratio == 0.3
     assert r.export.format == "gguf" and r.export.member_quant is None and r.baselines == ("smollm2-135m",)
     assert r.source == str(EXAMPLE) and Path(r.law).is_file()
     d = json.loads(json.dumps(r.to_dict()))
     assert d == r.to_dict() and Recipe.from_dict(d) == r
     if profile is None:
-        assert r.export.quants == ("q8_0", "f16") and r.recover.train.token_budget == 65536
-        assert r.prune.prunenet is None
+        assert r.stages == ("adapt", "prune", "recover") and r.recover.mode == "distill"
+        assert r.recover.teacher == "adapted" and r.recover.train.token_budget == 32768
+        assert r.prune.method == "activation" and r.prune.multiple == 256 and r.prune.prunenet is None
+        assert r.export.quants == ("q8_0", "f16")
     else:
+        assert r.stages == ("prune", "recover") and r.recover.mode == "finetune"  # lists replace
+        assert r.prune.method == "prunenet" and r.prune.multiple == 64
         assert r.export.quants == ("q8_0", "f16") and r.prune.prunenet.episodes <= 5
         t = r.recover.train
         assert (t.token_budget, t.seq_len, t.batch_size) == (8192, 256, 4)
         assert r.eval.mc_items == 10 and r.eval.max_bytes == 4000 and r.data.corpus.max_docs == 300
         assert r.data.prune.steps == ("dedup", "near-dedup")  # lists replace
-        assert r.data.prune.reference == "smollm2-135m"  # mappings merge
+        assert r.data.prune.keep == 0.8 and r.data.corpus.split_fractions == (0.8, 0.1, 0.1)  # mappings merge
     assert list_profiles(EXAMPLE) == ("quick",)
 
 
@@ -293,7 +297,7 @@ def test_recipe_schema_and_check_commands(tmp_path):
     res = runner.invoke(cli, ["recipe", "schema", "--out", str(out)])
     assert res.exit_code == 0 and json.loads(out.read_text()) == recipe_schema()
     res = runner.invoke(cli, ["recipe", "check", str(EXAMPLE)])
-    assert res.exit_code == 0 and "smollm2-edge" in res.output and "prunenet ratio 0.3" in res.output
+    assert res.exit_code == 0 and "smollm2-edge" in res.output and "activation ratio 0.3" in res.output
     res = runner.invoke(cli, ["recipe", "check", str(EXAMPLE), "--profile", "quick", "--json"])
     assert res.exit_code == 0 and json.loads(res.output)["recover"]["train"]["token_budget"] == 8192
     assert "recipe" in runner.invoke(cli, ["--help"]).output

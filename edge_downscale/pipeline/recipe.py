@@ -322,28 +322,29 @@ def _build_recipe(data: dict, path: Path) -> Recipe:
     return dataclasses.replace(recipe, source=str(path.resolve()))
 
 
-def _corpus_path(value: str, base_dir: Path, key, what: str) -> str:
-    if value in DEMO_DOMAINS:
+def _local_path(value: str, base_dir: Path, key, names, missing: str) -> str:
+    """A registered name stays a name; a path is resolved against the recipe's folder and must exist."""
+    if value in names:
         return value
     p = Path(value).expanduser()
     p = p if p.is_absolute() else base_dir / p
     if not p.exists():
-        raise PathError(key, f"{what}: no corpus directory or file {value!r} (looked for {p}); use a demo "
-                         f"domain ({', '.join(DEMO_DOMAINS)}), a directory, a text file or a .jsonl")
+        raise PathError(key, missing.format(value=value, path=p))
     return str(p.resolve())
+
+
+def _corpus_path(value: str, base_dir: Path, key, what: str) -> str:
+    return _local_path(value, base_dir, key, DEMO_DOMAINS,
+                       f"{what}: no corpus directory or file {{value!r}} (looked for {{path}}); use a demo domain "
+                       f"({', '.join(DEMO_DOMAINS)}), a directory, a text file or a .jsonl")
 
 
 def _model_path(value: str, base_dir: Path, key) -> str:
     from ..models import REGISTRY
 
-    if value in REGISTRY:
-        return value
-    p = Path(value).expanduser()
-    p = p if p.is_absolute() else base_dir / p
-    if not p.exists():
-        raise PathError(key, f"unknown model {value!r}: not a registered model ({', '.join(REGISTRY)}) nor an "
-                         f"HF directory or GGUF file (looked for {p})")
-    return str(p.resolve())
+    return _local_path(value, base_dir, key, REGISTRY,
+                       f"unknown model {{value!r}}: not a registered model ({', '.join(REGISTRY)}) nor an HF "
+                       "directory or GGUF file (looked for {path})")
 
 
 def _resolve(r: Recipe, base_dir: Path) -> Recipe:

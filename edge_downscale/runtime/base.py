@@ -156,15 +156,9 @@ class Backend(abc.ABC):
         n_bytes = len(text.encode("utf-8")) if len(kept) == len(ids) else len(self.detokenize(kept).encode("utf-8"))
         return Scored(kept, np.asarray(lp, dtype=np.float64), n_bytes, len(ids) - len(kept))
 
-    def option_logprobs(self, context: str, options: Sequence[str], *, max_length: int | None = None) -> np.ndarray:
-        """Summed log-probability of each option's tokens after ``context``: (n_options,) float64.
-
-        Options are tokenized on their own (as in multiple-choice evaluation); when context + option
-        is too long, the oldest context tokens are dropped (BOS kept).
-        """
-        if not options:
-            raise ConfigError("no options to score")
-        max_length = min(max_length or self.context_length, self.context_length)
+    def option_sequences(self, context: str, options: Sequence[str], max_length: int) -> tuple[list[list[int]], list[int]]:
+        """(context + option token ids per option, option lengths): each option tokenized alone after the
+        context, whose oldest tokens (after the prefix) are dropped so the sequence fits ``max_length``."""
         prefix = self.prefix_ids
         ctx = prefix + self.tokenize(context)
         seqs, n_opt = [], []
@@ -177,6 +171,18 @@ class Backend(abc.ABC):
                 raise ContextOverflowError(f"option of {len(opt)} tokens does not fit the context of {max_length}")
             seqs.append((ctx if len(ctx) <= room else prefix + ctx[len(ctx) - room + len(prefix):]) + opt)
             n_opt.append(len(opt))
+        return seqs, n_opt
+
+    def option_logprobs(self, context: str, options: Sequence[str], *, max_length: int | None = None) -> np.ndarray:
+        """Summed log-probability of each option's tokens after ``context``: (n_options,) float64.
+
+        Options are tokenized on their own (as in multiple-choice evaluation); when context + option
+        is too long, the oldest context tokens are dropped (BOS kept).
+        """
+        if not options:
+            raise ConfigError("no options to score")
+        max_length = min(max_length or self.context_length, self.context_length)
+        seqs, n_opt = self.option_sequences(context, options, max_length)
         with self.lock:
             lps = self.token_logprobs(seqs)
         return np.array([lp[-n:].sum() for lp, n in zip(lps, n_opt)], dtype=np.float64)  # (n_options,)

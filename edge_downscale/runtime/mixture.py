@@ -39,9 +39,9 @@ import numpy as np
 from ..config import StageConfig, check, check_int
 from ..errors import BundleError, ConfigError
 from .base import Backend, log_softmax
-from .generation import ContextOverflowError, GenerationConfig, Usage, stream_tokens
+from .generation import GenerationConfig, Usage, stream_tokens
 from .response import Response, ResponseChunk
-from .strategies import Strategy, prompt_text, register_strategy
+from .strategies import Strategy, members_by_domain, prompt_text, register_strategy
 
 
 @dataclasses.dataclass
@@ -98,17 +98,7 @@ class MixtureStrategy(Strategy):
 
     def __init__(self, ensemble, options: dict[str, Any]):
         super().__init__(ensemble, options)
-        if ensemble.router is None:
-            raise BundleError("the mixture strategy needs a router: build the bundle with router corpora "
-                              "(edge-downscale bundle build --router-corpus DOMAIN=DIR ...)")
-        self.by_domain: dict[str, str] = {}
-        for m in ensemble.members.values():
-            if m.domain is not None:
-                self.by_domain.setdefault(m.domain, m.name)
-        missing = [label for label in ensemble.router.labels if label not in self.by_domain]
-        if missing:
-            raise BundleError(f"the router can pick {missing} but no member has that domain; "
-                              f"member domains: {sorted(self.by_domain)}")
+        self.by_domain = members_by_domain(ensemble, self.name)
 
     def weights(self, text: str) -> tuple[dict[str, float], dict[str, Any]]:
         """{member: weight} (best first, summing to 1) and the router's decision, for ``text``."""
@@ -192,19 +182,7 @@ class MixtureStrategy(Strategy):
         weights, info = self.weights(context)
 
         def build(b: Backend, max_length: int):
-            # the sequences of Backend.option_logprobs: options tokenized alone, oldest context dropped
-            prefix = b.prefix_ids
-            ctx = prefix + b.tokenize(context)
-            seqs, tails = [], []
-            for option in options:
-                opt = b.tokenize(option)
-                if not opt:
-                    raise ConfigError(f"option {option!r} has no tokens")
-                room = max_length - len(opt)
-                if room <= len(prefix):
-                    raise ContextOverflowError(f"option of {len(opt)} tokens does not fit the context of {max_length}")
-                seqs.append((ctx if len(ctx) <= room else prefix + ctx[len(ctx) - room + len(prefix):]) + opt)
-                tails.append(len(opt))
+            seqs, tails = b.option_sequences(context, options, max_length)  # what option_logprobs scores
             return seqs, tails, sum(len(s) for s in seqs)
 
         fallbacks: list[dict[str, str]] = []

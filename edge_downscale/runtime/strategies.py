@@ -124,6 +124,22 @@ class RouteOptions(StageConfig):
     fallback: str | None = None
 
 
+def members_by_domain(ensemble, strategy: str) -> dict[str, str]:
+    """{router label: the member of that domain}; the strategy needs a router whose labels all have a member."""
+    if ensemble.router is None:
+        raise BundleError(f"the {strategy} strategy needs a router: build the bundle with router corpora "
+                          "(edge-downscale bundle build --router-corpus DOMAIN=DIR ...)")
+    by_domain: dict[str, str] = {}
+    for m in ensemble.members.values():
+        if m.domain is not None:
+            by_domain.setdefault(m.domain, m.name)
+    missing = [label for label in ensemble.router.labels if label not in by_domain]
+    if missing:
+        raise BundleError(f"the router can pick {missing} but no member has that domain; "
+                          f"member domains: {sorted(by_domain)}")
+    return by_domain
+
+
 class RouteStrategy(Strategy):
     name = "route"
     capabilities = frozenset({"streaming"})
@@ -131,17 +147,7 @@ class RouteStrategy(Strategy):
 
     def __init__(self, ensemble, options: dict[str, Any]):
         super().__init__(ensemble, options)
-        if ensemble.router is None:
-            raise BundleError("the route strategy needs a router: build the bundle with router corpora "
-                              "(edge-downscale bundle build --router-corpus DOMAIN=DIR ...)")
-        self.by_domain: dict[str, str] = {}
-        for m in ensemble.members.values():
-            if m.domain is not None:
-                self.by_domain.setdefault(m.domain, m.name)
-        missing = [label for label in ensemble.router.labels if label not in self.by_domain]
-        if missing:
-            raise BundleError(f"the router can pick {missing} but no member has that domain; "
-                              f"member domains: {sorted(self.by_domain)}")
+        self.by_domain = members_by_domain(ensemble, self.name)
         if self.options.fallback is not None and self.options.fallback not in ensemble.members:
             raise ConfigError(f"route fallback {self.options.fallback!r} is not a member; members: {', '.join(ensemble.members)}")
 
