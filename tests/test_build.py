@@ -95,6 +95,7 @@ def test_the_bundle_loads_and_answers_through_the_runtime(built):
     texts, items = read_eval_file(root / "bundle" / "eval" / "pydoc.jsonl")
     assert texts and len(items) == 4
     saved = json.loads((root / "bundle" / "build_summary.json").read_text())
+    assert saved["environment"]["libraries"] and "cpu" in saved["environment"] and "locks" in saved["environment"]
     for name, spec in saved["specialists"].items():
         assert spec["parity"]["passed"] in (True, False) and spec["heldout_bpb"] > 0 and spec["bytes"] > 0
     assert (root / "bundle" / "build.log").read_text().count("done in") == 10

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
+from .._env import environment
 from .._io import atomic_path, cache_dir, sha256_file, write_json_atomic
 from ..config import StageConfig, check
 from ..errors import ConfigError, EdgeDownscaleError
@@ -211,6 +212,7 @@ def _run(recipe: Recipe, config: BuildConfig, tasks: list[Task], work: WorkDir, 
                "seconds": round(time.perf_counter() - t_build, 1), "tasks": records,
                "specialists": work.done("bundle", bundle_task.key)["result"]["specialists"]}
     if dist.is_main:
+        summary["environment"] = environment()  # library versions, CPU, lock hashes: what the figures came from
         _write_bundle(Path(bundle_task.output), out, summary, log.path, config.overwrite)
         log(f"bundle written to {out} in {_fmt_s(summary['seconds'])}")
     return summary
