@@ -130,6 +130,30 @@ def test_activation_aware_baseline_uses_calibration(tiny, tiny_model_dir):
         prune_(load_torch(str(tiny_model_dir))[0], "activation", 0.25)
 
 
+def test_refit_down_proj_lowers_every_layers_output_error(tiny, tiny_model_dir):
+    from edge_downscale.compress.prune.methods import down_inputs, random_scores
+
+    model, tok = tiny
+    calib = [tok(f"line {i}: the quick brown fox jumps over the lazy dog {i * 7}. " * 6,
+                 add_special_tokens=False)["input_ids"][:64] for i in range(6)]
+    dense_down = [f.down.weight.detach().clone() for f in ffn_layers(model)]  # L x (d_model, d_ff)
+    hs: dict[int, list] = {}
+    down_inputs(model, calib, lambda i, h: hs.setdefault(i, []).append(h.clone()))
+    kept = [torch.topk(s, 192).indices.sort().values for s in random_scores(model, seed=3)]
+    plain, refitted = load_torch(str(tiny_model_dir))[0], load_torch(str(tiny_model_dir))[0]
+    assert prune_(plain, "random", 0.25, seed=3)["refit"] is False
+    report = prune_(refitted, "random", 0.25, seed=3, calibration=calib, refit=True)
+    assert report["refit"] is True and report["calibration_free"] is False and report["kept_width"] == 192
+    for i, (w, idx) in enumerate(zip(dense_down, kept)):
+        h = torch.cat(hs[i])  # (N, d_ff)
+        target = h @ w.T  # the dense FFN output (N, d_model)
+        err = {name: (h[:, idx] @ ffn_layers(m)[i].down.weight.detach().T - target).pow(2).sum().item()
+               for name, m in (("plain", plain), ("refit", refitted))}
+        assert err["refit"] < 0.9 * err["plain"], (i, err)
+    with pytest.raises(ConfigError, match="calibration"):
+        prune_(load_torch(str(tiny_model_dir))[0], "random", 0.25, refit=True)
+
+
 def test_bad_models_are_refused(tiny):
     model, _ = tiny
     with torch.no_grad():

@@ -96,7 +96,7 @@ def test_a_profile_is_deep_merged_over_the_base(tmp_path):
 
 @pytest.mark.parametrize("text, expected", [
     (BASE + "prune:\n  method: prunenet\n  ratoi: 0.3\n",
-     ":7:3: prune.ratoi: unknown key; allowed: calib_domain, method, multiple, prunenet, ratio, seed"),
+     ":7:3: prune.ratoi: unknown key; allowed: calib_domain, calib_sequences, method, multiple, prunenet, ratio, refit, seed"),
     (BASE + "recover:\n  train:\n    token_budget: abc\n",
      ":7:5: recover.train.token_budget: must be an integer >= 0, got 'abc'"),
     (BASE + "recover:\n  train:\n    lr: fast\n", ":7:5: recover.train.lr: must be a number, got 'fast'"),

@@ -19,7 +19,7 @@ pytest.importorskip("accelerate")
 from safetensors.torch import load_file  # noqa: E402
 
 from edge_downscale.compress.adapt import adapt  # noqa: E402
-from edge_downscale.compress.distill import KDObjective, distill, kd_loss, kd_loss_topk  # noqa: E402
+from edge_downscale.compress.distill import KDObjective, distill, kd_loss, kd_loss_topk, topk_kl  # noqa: E402
 from edge_downscale.compress.train.checkpoints import list_checkpoints, read_log, weights_fingerprint  # noqa: E402
 from edge_downscale.compress.train.config import (  # noqa: E402
     DistillConfig, TrainConfig, TrainingError, TrainingInterrupted,
@@ -257,6 +257,24 @@ def test_topk_kd_equals_full_kd_when_k_is_the_vocabulary():
     assert torch.allclose(kd_loss_topk(s, vals, idx, y, alpha=0.3, tau=2.0), full, atol=1e-5)
     vals3, idx3 = t.topk(3, dim=-1)  # the truncated teacher is a different (renormalised) target
     assert not torch.allclose(kd_loss_topk(s, vals3, idx3, y, alpha=0.3, tau=2.0), full, atol=1e-3)
+    lse = torch.logsumexp(t / 2.0, -1)  # with the teacher's normaliser, k = V is still the full KD
+    assert torch.allclose(kd_loss_topk(s, vals, idx, y, lse, alpha=0.3, tau=2.0), full, atol=1e-5)
+
+
+def test_topk_kd_with_the_tail_bin_is_the_kl_of_the_coarsened_distributions():
+    g = torch.Generator().manual_seed(1)
+    s, t = torch.randn(7, 13, generator=g) * 3, torch.randn(7, 13, generator=g) * 3  # (N, V)
+    vals, idx = t.topk(4, dim=-1)
+    got = topk_kl(s, vals, idx, torch.logsumexp(t / 2.0, -1), tau=2.0)  # (N,)
+
+    def coarse(logits):  # (N, 5): the teacher's top-4 tokens, then everything else
+        p = torch.softmax(logits / 2.0, -1)
+        top = p.gather(-1, idx)
+        return torch.cat([top, 1 - top.sum(-1, keepdim=True)], -1)
+
+    pt, ps = coarse(t), coarse(s)
+    assert torch.allclose(got, (pt * (pt.log() - ps.log())).sum(-1), atol=1e-5)
+    assert (got >= -1e-6).all() and topk_kl(t, vals, idx, torch.logsumexp(t / 2.0, -1), tau=2.0).abs().max() < 1e-5
 
 
 def test_distill_refuses_a_teacher_with_another_vocabulary(tiny, texts, tmp_path):

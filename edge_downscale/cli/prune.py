@@ -27,13 +27,16 @@ def _ratios(value: str) -> list[float]:
 @config_option(PruneNetConfig, "train_ratio", help="Ratio the policy is learned at.")
 @config_option(PruneNetConfig, "episodes", help="REINFORCE episodes.")
 @config_option(PruneConfig, "multiple", help="Round kept FFN widths to this.")
-@config_option(PruneConfig, "calib_domain", help="Calibration text for --method activation.")
+@config_option(PruneConfig, "calib_domain", help="Calibration text for --method activation and --refit.")
+@config_option(PruneConfig, "calib_sequences", help="256-token calibration sequences.")
+@config_option(PruneConfig, "refit", "--refit/--no-refit",
+               help="Refit each down_proj by least squares over its kept rows (calibrates on --calib-domain).")
 @config_option(PruneConfig, "seed")
 @config_option(PruneNetConfig, "device", help="Policy learning device: auto, cpu, cuda.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def prune_cmd(model, ratios, out_dir, method, policy_dir, train_ratio, episodes, multiple, calib_domain, seed,
-              device, overwrite, quiet):
+def prune_cmd(model, ratios, out_dir, method, policy_dir, train_ratio, episodes, multiple, calib_domain,
+              calib_sequences, refit, seed, device, overwrite, quiet):
     """Structured FFN pruning of MODEL: learn once, write one pruned model per ratio.
 
     The outputs are standard HF directories (safetensors + tokenizer) that transformers loads
@@ -43,7 +46,8 @@ def prune_cmd(model, ratios, out_dir, method, policy_dir, train_ratio, episodes,
 
     policy = PruneNetConfig(train_ratio=train_ratio, episodes=episodes, multiple=multiple, seed=seed, device=device)
     config = PruneConfig(out_dir=out_dir, ratios=tuple(_ratios(ratios)), method=method, policy_dir=policy_dir,
-                         prunenet=policy, calib_domain=calib_domain, multiple=multiple, seed=seed, overwrite=overwrite)
+                         prunenet=policy, calib_domain=calib_domain, calib_sequences=calib_sequences, refit=refit,
+                         multiple=multiple, seed=seed, overwrite=overwrite)
     summary = prune_to_dirs(model, config, progress=not quiet)
     for name, o in summary["outputs"].items():
         click.echo(f"{out_dir}/{name}: FFN width {o['kept_width']}, {o['params_after']:,} parameters "

@@ -82,12 +82,37 @@ def check_same_vocabulary(teacher_tokenizer: Any, student_tokenizer: Any) -> Non
         "tokenizer; distil from a teacher of the same family (e.g. the model the student was pruned from)")
 
 
-def kd_loss_topk(student_logits, topk_values, topk_index, labels, *, alpha: float = 0.5, tau: float = 2.0,
-                 ignore_index: int = -100):
+def topk_kl(student_logits, topk_values, topk_index, topk_lse=None, *, tau: float = 2.0):
+    """Per position, KL(teacher_tau || student_tau) over the teacher's top-k tokens plus one tail bin.
+
+    ``student_logits`` (N, V); ``topk_values``/``topk_index`` (N, k); ``topk_lse`` (N,): the teacher's
+    full-vocabulary ``logsumexp(logits / tau)``. With it the teacher's top-k probabilities are exact
+    and the mass it leaves outside them is compared with the student's as one extra bin (a coarsened,
+    unbiased target). Without it the teacher is renormalised over its k tokens, which overstates
+    them: at tau = 2 a 49k-token vocabulary's tail holds much of the mass, and a student fitted to
+    the renormalised target grows over-confident (its cross-entropy rises while the loss falls).
+    """
+    torch = require("torch", "compress")
+    F = torch.nn.functional
+    log_ps = F.log_softmax(student_logits.float() / tau, dim=-1).gather(-1, topk_index.long())  # (N, k)
+    if topk_lse is None:
+        log_pt = F.log_softmax(topk_values.float() / tau, dim=-1)  # (N, k)
+        return (log_pt.exp() * (log_pt - log_ps)).sum(-1)
+    log_pt = topk_values.float() / tau - topk_lse.float().unsqueeze(-1)  # (N, k), exact teacher log-probs
+
+    def log_tail(lp):  # log(1 - sum_k p): the mass outside the top-k, computed stably
+        return torch.log1p(-torch.logsumexp(lp, -1).exp().clamp(max=1 - 1e-6))
+
+    pt_tail, lt_tail, ls_tail = log_pt.exp().sum(-1).neg().add(1).clamp_min(0), log_tail(log_pt), log_tail(log_ps)
+    return (log_pt.exp() * (log_pt - log_ps)).sum(-1) + pt_tail * (lt_tail - ls_tail)  # (N,)
+
+
+def kd_loss_topk(student_logits, topk_values, topk_index, labels, topk_lse=None, *, alpha: float = 0.5,
+                 tau: float = 2.0, ignore_index: int = -100):
     """:func:`kd_loss` (forward KL) against a cached top-k teacher: (B, T, V) student, (B, T, k) teacher.
 
-    The teacher distribution is renormalised over its k most likely tokens (the tail is dropped); the
-    student keeps its full softmax. With k = V this equals ``kd_loss(..., divergence="forward")``.
+    The divergence is :func:`topk_kl` (with ``topk_lse`` (B, T), the tail as one bin). With k = V this
+    equals ``kd_loss(..., divergence="forward")``.
     """
     torch = require("torch", "compress")
     F = torch.nn.functional
@@ -98,9 +123,8 @@ def kd_loss_topk(student_logits, topk_values, topk_index, labels, *, alpha: floa
     mask = y != ignore_index
     n = mask.sum().clamp(min=1)
     ce = F.cross_entropy(s, y, ignore_index=ignore_index, reduction="sum") / n
-    log_ps = F.log_softmax(s / tau, dim=-1).gather(-1, topk_index.reshape(-1, k).long())  # (N, k)
-    log_pt = F.log_softmax(topk_values.reshape(-1, k).float() / tau, dim=-1)  # (N, k)
-    per_pos = (log_pt.exp() * (log_pt - log_ps)).sum(-1)  # (N,)
+    lse = topk_lse.reshape(-1) if topk_lse is not None else None
+    per_pos = topk_kl(s, topk_values.reshape(-1, k), topk_index.reshape(-1, k), lse, tau=tau)  # (N,)
     soft = (per_pos * mask).sum() / n
     return alpha * ce + (1 - alpha) * tau ** 2 * soft
 
@@ -108,14 +132,16 @@ def kd_loss_topk(student_logits, topk_values, topk_index, labels, *, alpha: floa
 class TeacherCache:
     """The teacher's top-k logits for every block a run can visit, computed once, kept on disk.
 
-    Key: teacher weights + block contents + k, so any run with the same teacher and data reuses it
-    (the dense-teacher and adapted-teacher arms of a benchmark each build theirs once).
+    Key: teacher weights + block contents + k + tau, so any run with the same teacher and data reuses
+    it (the dense-teacher and adapted-teacher arms of a benchmark each build theirs once). Besides the
+    top-k logits it keeps each position's full-vocabulary ``logsumexp(logits / tau)`` (the tail bin).
     """
 
-    def __init__(self, k: int):
-        self.k = k
+    def __init__(self, k: int, tau: float = 2.0):
+        self.k, self.tau = k, tau
         self.values: dict[tuple[str, int], Any] = {}  # (source, block) -> (T, k) float16
         self.index: dict[tuple[str, int], Any] = {}  # (source, block) -> (T, k) int32
+        self.lse: dict[tuple[str, int], Any] = {}  # (source, block) -> (T,) float32
         self.build_seconds = 0.0
         self.loaded_from_disk = 0
 
@@ -127,7 +153,7 @@ class TeacherCache:
         from .._io import atomic_path, cache_dir
 
         torch = require("torch", "compress")
-        path = cache_dir("teacher-logits") / f"{key}-k{self.k}.safetensors"
+        path = cache_dir("teacher-logits") / f"{key}-k{self.k}-tau{self.tau:g}.safetensors"
         if path.exists():
             stored = load_file(str(path))
             for name in {n.split("/")[0] for n in stored}:
@@ -135,6 +161,7 @@ class TeacherCache:
                 for j, b in enumerate(ids):
                     self.values[(name, b)] = stored[f"{name}/values"][j]
                     self.index[(name, b)] = stored[f"{name}/index"][j]
+                    self.lse[(name, b)] = stored[f"{name}/lse"][j]
             self.loaded_from_disk = len(self.values)
         todo = [(src, b) for src, (ids, _) in blocks.items() for b in sorted(set(ids)) if (src, b) not in self.values]
         if not todo:
@@ -152,9 +179,11 @@ class TeacherCache:
                 rows = np.stack([blocks[src][1][b] for src, b in chunk])  # (b, T + 1)
                 logits = teacher(input_ids=torch.from_numpy(rows[:, :-1]).to(device)).logits.float()  # (b, T, V)
                 vals, idx = logits.topk(self.k, dim=-1)  # (b, T, k)
+                lse = torch.logsumexp(logits / self.tau, dim=-1)  # (b, T)
                 for j, item in enumerate(chunk):
                     self.values[item] = vals[j].half().cpu()
                     self.index[item] = idx[j].int().cpu()
+                    self.lse[item] = lse[j].float().cpu()
                 if bar is not None:
                     bar.update(len(chunk))
         if bar is not None:
@@ -166,6 +195,7 @@ class TeacherCache:
             tensors[f"{name}/blocks"] = torch.tensor(keys, dtype=torch.int64)
             tensors[f"{name}/values"] = torch.stack([self.values[(name, b)] for b in keys])
             tensors[f"{name}/index"] = torch.stack([self.index[(name, b)] for b in keys])
+            tensors[f"{name}/lse"] = torch.stack([self.lse[(name, b)] for b in keys])
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp))
 
@@ -173,7 +203,8 @@ class TeacherCache:
         torch = require("torch", "compress")
         vals = torch.stack([self.values[it] for it in items]).to(device)  # (B, T, k)
         idx = torch.stack([self.index[it] for it in items]).to(device)
-        return vals, idx
+        lse = torch.stack([self.lse[it] for it in items]).to(device)  # (B, T)
+        return vals, idx, lse
 
 
 class KDObjective(Objective):
@@ -204,7 +235,7 @@ class KDObjective(Objective):
             p.requires_grad_(False)
         if not self.kd.cache_topk and self.kd.curriculum == "none":
             return
-        self.cache = TeacherCache(self.kd.cache_topk or 64)
+        self.cache = TeacherCache(self.kd.cache_topk or 64, self.kd.tau)
         cfg, sampler = engine.config, engine.sampler
         remaining = range(engine.state["step"], cfg.steps)
         need_domain = sum(sampler.domain_count(s) for s in remaining)
@@ -231,8 +262,8 @@ class KDObjective(Objective):
         want_hidden = kd.hidden_weight > 0
         out = model(input_ids=batch["input_ids"], output_hidden_states=want_hidden)
         if kd.cache_topk:
-            vals, idx = self.cache.batch(batch["items"], batch["input_ids"].device)
-            return kd_loss_topk(out.logits, vals, idx, batch["labels"], alpha=kd.alpha, tau=kd.tau)
+            vals, idx, lse = self.cache.batch(batch["items"], batch["input_ids"].device)
+            return kd_loss_topk(out.logits, vals, idx, batch["labels"], lse, alpha=kd.alpha, tau=kd.tau)
         with torch.no_grad():
             t_out = self.teacher(input_ids=batch["input_ids"], output_hidden_states=want_hidden)
         loss = kd_loss(out.logits, t_out.logits, batch["labels"], alpha=kd.alpha, tau=kd.tau,
@@ -248,7 +279,6 @@ class KDObjective(Objective):
     def _block_kl(self, model, items, rows) -> list[float]:
         """Mean per-token KL(teacher_tau || student_tau) of each block, from the cached teacher."""
         torch = require("torch", "compress")
-        F = torch.nn.functional
         engine, tau = self.engine, self.kd.tau
         mb = engine.config.micro_batch or engine.config.batch_size
         out: list[float] = []
@@ -256,10 +286,8 @@ class KDObjective(Objective):
         with torch.no_grad(), engine.accelerator.autocast():
             for i in range(0, len(items), mb):
                 ids = torch.from_numpy(rows[i:i + mb][:, :-1]).to(engine.device)  # (b, T)
-                vals, idx = self.cache.batch(items[i:i + mb], engine.device)  # (b, T, k)
-                log_ps = F.log_softmax(model(input_ids=ids).logits.float() / tau, -1).gather(-1, idx.long())
-                log_pt = F.log_softmax(vals.float() / tau, -1)
-                out += (log_pt.exp() * (log_pt - log_ps)).sum(-1).mean(-1).tolist()  # (b,)
+                vals, idx, lse = self.cache.batch(items[i:i + mb], engine.device)  # (b, T, k), (b, T)
+                out += topk_kl(model(input_ids=ids).logits, vals, idx, lse, tau=tau).mean(-1).tolist()  # (b,)
         model.train()
         return out
 

@@ -108,11 +108,12 @@ def make_plan(recipe: Recipe) -> list[Task]:
         elif stage == "prune":
             p = recipe.prune
             params = {"method": p.method, "ratio": p.ratio, "multiple": p.multiple, "seed": p.seed,
-                      "prunenet": {**p.prunenet.to_dict(), "multiple": p.multiple} if p.prunenet is not None else None}
+                      "prunenet": {**p.prunenet.to_dict(), "multiple": p.multiple} if p.prunenet is not None else None,
+                      "refit": p.refit, "calib_sequences": p.calib_sequences}
             for d in domains:
                 shared = current[d] is teacher
                 deps = {"model": current[d]}
-                if p.method == "activation":
+                if p.method == "activation" or p.refit:
                     # calibration text: the named domain; by default each domain's own train split (the first
                     # domain's when one pruned model serves every domain)
                     calib = p.calib_domain or (domains[0] if shared else d)

@@ -88,7 +88,9 @@ class ModelPruneSpec(Section):
     multiple: int = 64  # kept widths are rounded to this
     seed: int = 0
     prunenet: PruneNetConfig | None = None  # PruneNetConfig fields; null = its defaults (with this multiple and seed)
-    calib_domain: str | None = None  # calibration text of method activation; null = each domain's own
+    calib_domain: str | None = None  # calibration text of method activation and of refit; null = each domain's own
+    calib_sequences: int = 16  # 256-token calibration sequences
+    refit: bool = False  # refit each down_proj by least squares over its kept rows (needs calibration text)
 
     def validate(self) -> None:
         check(self.method in METHODS, f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
@@ -98,6 +100,8 @@ class ModelPruneSpec(Section):
         check_int(self, "seed")
         check(self.calib_domain is None or isinstance(self.calib_domain, str),
               "calib_domain must be a domain name or null")
+        check_int(self, "calib_sequences", 1)
+        check(isinstance(self.refit, bool), "refit must be true or false")
 
 
 @dataclasses.dataclass

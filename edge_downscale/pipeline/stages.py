@@ -50,10 +50,11 @@ def run_prune(task: Task, target: Path, recipe: Recipe, progress: bool) -> dict[
     from ..compress.prune import PruneConfig, prune_to_dirs
 
     p = task.params
-    calib = task.deps["calib"].output if "calib" in task.deps else "docs"  # only the activation method reads it
+    calib = task.deps["calib"].output if "calib" in task.deps else "docs"  # only activation and refit read it
     summary = prune_to_dirs(model_path(task.deps["model"]), PruneConfig(
         out_dir=str(target), ratios=(p["ratio"],), method=p["method"], prunenet=p["prunenet"],
-        calib_domain=str(calib), multiple=p["multiple"], seed=p["seed"]), progress=progress)
+        calib_domain=str(calib), calib_sequences=p["calib_sequences"], refit=p["refit"], multiple=p["multiple"],
+        seed=p["seed"]), progress=progress)
     out = next(iter(summary["outputs"].values()))
     return {"kept_width": out["kept_width"], "params_after": out["params_after"],
             "param_reduction": out["param_reduction"]}

@@ -14,8 +14,10 @@ from ..._io import atomic_path, write_json_atomic
 from ...config import StageConfig, check, check_int, is_number
 from ...errors import ConfigError, require
 from .ffn import PruneError, check_finite, ffn_layers, ffn_width, kept_width, layout_for, slice_ffn_
-from .methods import METHODS, CALIBRATION_FREE, activation_scores, magnitude_scores, policy_scores, random_scores
+from .methods import (METHODS, CALIBRATION_FREE, activation_scores, activation_scores_from_sq, magnitude_scores,
+                      policy_scores, random_scores)
 from .prunenet import PruneNetConfig, PruneNetPolicy, spectrum_ks
+from .refit import ffn_grams, refit_ffns_
 
 REPORT = "pruning_report.json"
 
@@ -25,8 +27,13 @@ def n_params(model) -> int:
 
 
 def row_scores(model, method: str | PruneNetPolicy, *, seed: int = 0,
-               calibration: Sequence[Sequence[int]] | None = None) -> tuple[str, list]:
-    """Per-layer row scores for ``method`` (a name, or a learned :class:`PruneNetPolicy`)."""
+               calibration: Sequence[Sequence[int]] | None = None, grams: list | None = None) -> tuple[str, list]:
+    """Per-layer row scores for ``method`` (a name, or a learned :class:`PruneNetPolicy`).
+
+    ``grams`` (from :func:`ffn_grams`, when a refit computed them) spare ``activation`` its own pass.
+    """
+    if method == "activation" and grams is not None:
+        return method, activation_scores_from_sq(model, [g.diagonal() for g in grams])
     if isinstance(method, PruneNetPolicy):
         return "prunenet", policy_scores(model, method)
     if method == "random":
@@ -41,12 +48,14 @@ def row_scores(model, method: str | PruneNetPolicy, *, seed: int = 0,
 
 
 def prune_(model, method: str | PruneNetPolicy, ratio: float, *, multiple: int = 64, seed: int = 0,
-           calibration: Sequence[Sequence[int]] | None = None, scores: list | None = None) -> dict[str, Any]:
+           calibration: Sequence[Sequence[int]] | None = None, scores: list | None = None,
+           refit: bool = False, grams: list | None = None) -> dict[str, Any]:
     """Remove ``ratio`` of every FFN's rows in place, keeping the highest-scoring ones.
 
     Returns a report: widths, parameters before/after, per-layer KS of the gate_proj spectrum,
     a hash of the kept indices, and the time taken. ``scores`` may be passed to reuse one scoring
-    across several ratios (the policy's scores do not depend on the ratio).
+    across several ratios (the policy's scores do not depend on the ratio). ``refit``: refit each
+    ``down_proj`` by least squares on the calibration text (see refit.py; ``grams`` reuses its statistics).
     """
     torch = require("torch", "compress")
     layout_for(model)
@@ -54,18 +63,24 @@ def prune_(model, method: str | PruneNetPolicy, ratio: float, *, multiple: int =
     t0 = time.perf_counter()
     d_ff = ffn_width(model)
     k = kept_width(d_ff, ratio, multiple)
+    if refit and grams is None:
+        grams = ffn_grams(model, calibration or [])
     if scores is None:
-        name, scores = row_scores(model, method, seed=seed, calibration=calibration)
+        name, scores = row_scores(model, method, seed=seed, calibration=calibration, grams=grams)
     else:
         name = "prunenet" if isinstance(method, PruneNetPolicy) else str(method)
     params_before = n_params(model)
     kept = [torch.topk(s, k).indices.sort().values for s in scores]  # L x (k,)
     layer_ks = [spectrum_ks(f.gate.weight, idx.to(f.gate.weight.device)) for f, idx in zip(ffn_layers(model), kept)]
     digest = hashlib.sha256(b"".join(idx.to(torch.int32).numpy().tobytes() for idx in kept)).hexdigest()
-    slice_ffn_(model, kept)
+    if refit:
+        refit_ffns_(model, grams, kept)
+    else:
+        slice_ffn_(model, kept)
     params_after = n_params(model)
     return {
-        "method": name, "calibration_free": CALIBRATION_FREE.get(name, True), "ratio": ratio,
+        "method": name, "calibration_free": CALIBRATION_FREE.get(name, True) and not refit, "refit": refit,
+        "ratio": ratio,
         "d_ff": d_ff, "kept_width": k, "multiple": multiple, "actual_ffn_ratio": 1 - k / d_ff,
         "params_before": params_before, "params_after": params_after,
         "param_reduction": 1 - params_after / params_before,
@@ -108,7 +123,9 @@ class PruneConfig(StageConfig):
     ``out_dir`` gets one HF directory per ratio (``r0.30/``), ``policy/`` (PruneNet) and ``summary.json``.
     ``ratios``: fractions of each FFN's width to remove. ``policy_dir``: reuse a learned PruneNet policy
     instead of learning one. ``prunenet``: policy-learning settings (None = the defaults, with this
-    ``multiple`` and ``seed``). ``calib_domain``: calibration text of the ``activation`` method.
+    ``multiple`` and ``seed``). ``calib_domain``: calibration text of the ``activation`` method and of
+    ``refit`` (a least-squares refit of every ``down_proj`` over its kept rows, any method);
+    ``calib_sequences``: how many 256-token sequences of it.
     """
 
     stage: ClassVar[str] = "prune"
@@ -118,6 +135,8 @@ class PruneConfig(StageConfig):
     policy_dir: str | None = None
     prunenet: PruneNetConfig | None = None
     calib_domain: str = "docs"
+    calib_sequences: int = 16
+    refit: bool = False
     multiple: int = 64
     seed: int = 0
     overwrite: bool = False
@@ -141,6 +160,8 @@ class PruneConfig(StageConfig):
         check(self.prunenet is None or isinstance(self.prunenet, PruneNetConfig),
               "prunenet must be a PruneNetConfig (or its JSON object) or None")
         check(isinstance(self.calib_domain, str), "calib_domain must be a demo domain or corpus directory")
+        check_int(self, "calib_sequences", 1)
+        check(isinstance(self.refit, bool), "refit must be true or false")
         check_int(self, "multiple", 1)
         check_int(self, "seed")
         check(isinstance(self.overwrite, bool), "overwrite must be true or false")
@@ -168,7 +189,9 @@ def prune_to_dirs(model_ref: str, config: PruneConfig, *, progress: bool = True)
     check_finite(model)
     summary: dict[str, Any] = {"model": model_ref, "source": info, "method": method, "ratios": list(ratios), "outputs": {}}
     t0 = time.perf_counter()
-    calibration = calibration_sequences(tokenizer, config.calib_domain) if method == "activation" else None
+    calibration = (calibration_sequences(tokenizer, config.calib_domain, n=config.calib_sequences)
+                   if method == "activation" or config.refit else None)
+    grams = ffn_grams(model, calibration) if config.refit else None
     policy = None
     if method == "prunenet":
         if config.policy_dir is not None:
@@ -178,7 +201,8 @@ def prune_to_dirs(model_ref: str, config: PruneConfig, *, progress: bool = True)
             policy = learn_policy(model, config.prunenet or PruneNetConfig(multiple=multiple, seed=seed),
                                   progress=progress)
             summary["policy"] = {"seconds": policy.meta["seconds"], "best_reward": policy.meta["best_reward"]}
-    _, scores = row_scores(model, policy if policy is not None else method, seed=seed, calibration=calibration)
+    _, scores = row_scores(model, policy if policy is not None else method, seed=seed, calibration=calibration,
+                           grams=grams)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
         if policy is not None:
@@ -186,7 +210,7 @@ def prune_to_dirs(model_ref: str, config: PruneConfig, *, progress: bool = True)
         for r in ratios:
             pruned = copy.deepcopy(model)
             report = prune_(pruned, policy if policy is not None else method, r, multiple=multiple, seed=seed,
-                            scores=scores)
+                            scores=scores, refit=config.refit, grams=grams)
             report["source_model"] = model_ref
             name = f"r{r:.2f}"
             save_pruned(pruned, tokenizer, tmp / name, report)

@@ -34,21 +34,18 @@ def policy_scores(model, policy):
     return [policy.keep_probabilities(f.gate.weight) for f in ffn_layers(model)]
 
 
-def activation_scores(model, calibration: Sequence[Sequence[int]], *, batch_size: int = 4):
-    """Accumulate ||h_j||^2 at each down_proj input over the calibration token sequences."""
+def down_inputs(model, calibration: Sequence[Sequence[int]], accumulate: Callable, *, batch_size: int = 4) -> None:
+    """Run the calibration sequences; call ``accumulate(layer, h)`` with each down_proj input h (B*T, d_ff)."""
     torch = require("torch", "compress")
     if not calibration:
-        raise ConfigError("the activation-aware method needs calibration text (a non-empty token list)")
-    layers = ffn_layers(model)
-    sq = [torch.zeros(f.down.weight.shape[1], dtype=torch.float64) for f in layers]  # L x (d_ff,)
+        raise ConfigError("this pruning method needs calibration text (a non-empty token list)")
 
     def hook_for(i: int) -> Callable:
         def hook(_module, inputs):
-            h = inputs[0].detach().double()  # (B, T, d_ff)
-            sq[i] += h.pow(2).sum(dim=(0, 1)).cpu()
+            accumulate(i, inputs[0].detach().reshape(-1, inputs[0].shape[-1]))
         return hook
 
-    handles = [f.down.register_forward_pre_hook(hook_for(i)) for i, f in enumerate(layers)]
+    handles = [f.down.register_forward_pre_hook(hook_for(i)) for i, f in enumerate(ffn_layers(model))]
     device = next(model.parameters()).device
     try:
         with torch.inference_mode():
@@ -60,4 +57,21 @@ def activation_scores(model, calibration: Sequence[Sequence[int]], *, batch_size
     finally:
         for h in handles:
             h.remove()
-    return [s.sqrt().float() * f.down.weight.detach().float().norm(dim=0).cpu() for s, f in zip(sq, layers)]
+
+
+def activation_scores(model, calibration: Sequence[Sequence[int]]):
+    """Accumulate ||h_j||^2 at each down_proj input over the calibration token sequences."""
+    torch = require("torch", "compress")
+    layers = ffn_layers(model)
+    sq = [torch.zeros(f.down.weight.shape[1], dtype=torch.float64) for f in layers]  # L x (d_ff,)
+
+    def accumulate(i, h):
+        sq[i] += h.double().pow(2).sum(dim=0).cpu()
+
+    down_inputs(model, calibration, accumulate)
+    return activation_scores_from_sq(model, sq)
+
+
+def activation_scores_from_sq(model, sq):
+    """``||h_j|| * ||W_down[:, j]||`` from the summed squares ``sq`` (L x (d_ff,)) of the down_proj inputs."""
+    return [s.sqrt().float() * f.down.weight.detach().float().norm(dim=0).cpu() for s, f in zip(sq, ffn_layers(model))]
