@@ -23,6 +23,10 @@ def _adapt(r) -> str:
 def _prune(r) -> str:
     p = r.prune
     extra = f", policy {p.prunenet.episodes if p.prunenet else 'default'} episodes" if p.method == "prunenet" else ""
+    if p.refit:
+        extra += ", down_proj refitted"
+    if p.method == "activation" or p.refit:
+        extra += f" (calibration: {p.calib_domain or 'own train split'}, {p.calib_sequences} x 256 tokens)"
     return f"{p.method} ratio {p.ratio:g}, multiple {p.multiple}{extra}"
 
 

@@ -1,0 +1,145 @@
+"""Where a specialist's bits-per-byte go: each step of the default recipe, measured on one held-out text.
+
+    .venv/bin/python benchmarks/recovery_gap.py BUNDLE [--max-bytes 12000] [--kd-tokens 8192] [--no-kd-check]
+
+BUNDLE is a bundle built by `edge-downscale build` (its build_summary.json names the cached tasks).
+Per domain, torch fp32 bits-per-byte on the bundle's own held-out test text of:
+
+  dense teacher -> adapted teacher -> pruned (activation scores, no refit) -> pruned + down_proj refit
+  -> recovered (the bundle's specialist, before export)
+
+so the price of pruning, what the refit wins back and what recovery adds are read off one column.
+The KD check (first domain) trains the refitted student for --kd-tokens with the recipe's KD settings
+three ways, side by side: the cached top-k teacher renormalised over its k tokens (the old target),
+the cached top-k teacher with its tail mass as one bin (the current one), and the live teacher.
+Writes results/recovery_gap.json.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from edge_downscale._io import write_result  # noqa: E402
+from edge_downscale.compress.distill import KDObjective, kd_loss_topk  # noqa: E402
+from edge_downscale.compress.prune import calibration_sequences, prune_  # noqa: E402
+from edge_downscale.compress.train.checkpoints import weights_fingerprint  # noqa: E402
+from edge_downscale.compress.train.engine import Engine  # noqa: E402
+from edge_downscale.compress.train.packing import load_splits  # noqa: E402
+from edge_downscale.eval import markdown_table  # noqa: E402
+from edge_downscale.eval.bpb import bits_per_byte  # noqa: E402
+from edge_downscale.eval.datafile import read_eval_data  # noqa: E402
+from edge_downscale.models import load_torch  # noqa: E402
+from edge_downscale.models.torch_backend import TorchBackend  # noqa: E402
+from edge_downscale.pipeline import load_recipe  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = ("teacher", "adapted", "pruned", "pruned+refit", "recovered")
+
+
+class RenormalisedKD(KDObjective):
+    """The old cached-teacher target: top-k logits renormalised over k (no tail bin), for the ablation."""
+
+    def loss(self, model, batch):
+        out = model(input_ids=batch["input_ids"])
+        vals, idx, _ = self.cache.batch(batch["items"], batch["input_ids"].device)
+        return kd_loss_topk(out.logits, vals, idx, batch["labels"], alpha=self.kd.alpha, tau=self.kd.tau)
+
+
+def truncated(texts: list[str], max_bytes: int) -> list[str]:
+    out, n = [], 0
+    for t in texts:
+        if n >= max_bytes:
+            break
+        t = t.encode("utf-8")[: max_bytes - n].decode("utf-8", "ignore")
+        out.append(t)
+        n += len(t.encode("utf-8"))
+    return out
+
+
+def kd_check(recipe, teacher: str, student: str, data: str, tokens: int) -> list[dict]:
+    rows = []
+    config = copy.deepcopy(recipe.recover.train)
+    config.token_budget, config.eval_tokens = tokens, 8192
+    arms = {"top-k renormalised": (RenormalisedKD, recipe.recover.distill.cache_topk),
+            "top-k + tail bin": (KDObjective, recipe.recover.distill.cache_topk), "live teacher": (KDObjective, 0)}
+    t_model, _, _ = load_torch(teacher)
+    for name, (cls, k) in arms.items():
+        kd = copy.deepcopy(recipe.recover.distill)
+        kd.cache_topk = k
+        s_model, s_tok, _ = load_torch(student)
+        out = Path(tempfile.mkdtemp(prefix="kdcheck-"))
+        try:
+            t0 = time.perf_counter()
+            summary = Engine(s_model, s_tok, cls(t_model, kd, teacher_id=weights_fingerprint(t_model)),
+                             load_splits(data), config, out / "run", kind="distill", progress=False).run()
+            log = [json.loads(line) for line in (out / "run" / "train_log.jsonl").read_text().splitlines()]
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+        evals = [e["val_loss"] for e in log if e.get("event") == "eval"]
+        rows.append({"target": name, "val_loss_before": evals[0], "val_loss_after": evals[-1],
+                     "tokens": summary["tokens"], "seconds": round(time.perf_counter() - t0, 1)})
+        print(f"kd check {name}: val loss {evals[0]:.4f} -> {evals[-1]:.4f}", file=sys.stderr, flush=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("bundle")
+    ap.add_argument("--max-bytes", type=int, default=12000, help="held-out bytes scored per domain")
+    ap.add_argument("--kd-tokens", type=int, default=8192)
+    ap.add_argument("--no-kd-check", action="store_true")
+    ap.add_argument("--json", default=str(ROOT / "results/recovery_gap.json"))
+    args = ap.parse_args()
+    bundle = Path(args.bundle)
+    build = json.loads((bundle / "build_summary.json").read_text())
+    recipe = load_recipe(str(bundle / "recipe.yaml"), build.get("profile"))
+    work = Path(build["work_dir"])
+    task = {(t["kind"], t["domain"]): work / t["kind"] / t["key"] for t in build["tasks"]}
+    evals = read_eval_data(bundle / "eval")
+    p = recipe.prune
+    rows, table = {}, []
+    for d, (texts, _) in evals.items():
+        texts = truncated(texts, args.max_bytes)
+        data = task.get(("dataprune", d)) or task[("corpus", d)]
+        adapted = str(task[("adapt", d)])
+        models = {"teacher": recipe.teacher, "adapted": adapted, "pruned+refit": str(task[("prune", d)] / f"r{p.ratio:.2f}"),
+                  "recovered": str(task[("recover", d)])}
+        rows[d] = {}
+        for step in STEPS:
+            if step == "pruned":  # the same selection without the refit, in memory
+                model, tok, _ = load_torch(adapted)
+                calib = calibration_sequences(tok, str(data), n=p.calib_sequences)
+                prune_(model, p.method, p.ratio, multiple=p.multiple, seed=p.seed, calibration=calib)
+            else:
+                model, tok, _ = load_torch(models[step])
+            rows[d][step] = round(bits_per_byte(TorchBackend(model, tok), texts).bits_per_byte, 4)
+            print(f"{d} {step}: {rows[d][step]}", file=sys.stderr, flush=True)
+        table.append([d, *(f"{rows[d][s]:.3f}" for s in STEPS)])
+    result = {"bundle": str(bundle), "recipe": recipe.to_dict(), "max_bytes": args.max_bytes, "bpb": rows}
+    text = markdown_table([["domain", *STEPS], *table])
+    if not args.no_kd_check:
+        d = next(iter(evals))
+        student, data = task[("prune", d)] / f"r{p.ratio:.2f}", task.get(("dataprune", d)) or task[("corpus", d)]
+        result["kd_check"] = {"domain": d, "rows": kd_check(recipe, str(task[("adapt", d)]), str(student), str(data),
+                                                             args.kd_tokens)}
+        text += "\n\n" + markdown_table([["KD target (" + d + f", {args.kd_tokens} tokens)", "val loss before", "after"],
+                                         *([r["target"], f"{r['val_loss_before']:.4f}", f"{r['val_loss_after']:.4f}"]
+                                           for r in result["kd_check"]["rows"])])
+    result["table"] = text
+    write_result(args.json, result)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
