@@ -127,7 +127,7 @@ def main() -> None:
     ap.add_argument("--no-gemma", action="store_true")
     ap.add_argument("--no-generalist", action="store_true", help="skip the compute-matched generalist (its build is the longest)")
     ap.add_argument("--max-bytes", type=int, default=6000, help="held-out bytes scored per domain")
-    ap.add_argument("--mc-items", type=int, default=20, help="multiple-choice items per domain")
+    ap.add_argument("--mc-items", type=int, default=40, help="multiple-choice items per domain")
     ap.add_argument("--out", default=str(ROOT / "results/headline"), help="bench report directory")
     ap.add_argument("--json", default=str(ROOT / "results/headline.json"))
     args = ap.parse_args()

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from edge_downscale.cli import cli
 from edge_downscale.errors import EdgeDownscaleError
 from edge_downscale.models.tiny import build_tiny_llama
-from edge_downscale.pipeline import BuildConfig, build
+from edge_downscale.pipeline import BuildConfig, build, load_recipe
 from edge_downscale.pipeline.cache import STAGE_FILE
 from edge_downscale.runtime import Ensemble
 
@@ -94,6 +94,7 @@ def test_the_bundle_loads_and_answers_through_the_runtime(built):
 
     texts, items = read_eval_file(root / "bundle" / "eval" / "pydoc.jsonl")
     assert texts and len(items) == 4
+    assert load_recipe(root / "bundle" / "recipe.yaml").domain_names == ["pydoc", "lic"]  # the resolved recipe loads
     saved = json.loads((root / "bundle" / "build_summary.json").read_text())
     assert saved["environment"]["libraries"] and "cpu" in saved["environment"] and "locks" in saved["environment"]
     for name, spec in saved["specialists"].items():

@@ -152,7 +152,9 @@ def run_bundle(task: Task, target: Path, recipe: Recipe, progress: bool) -> dict
     strategy = ens.strategy if len(members) > 1 else "vote"
     with tempfile.TemporaryDirectory(prefix="bundle-files.", dir=target.parent) as tmp:
         files = {f"{EVAL_DIR}/{d}.jsonl": str(path) for d, path in write_eval_data(Path(tmp) / EVAL_DIR, data).items()}
-        (Path(tmp) / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False), encoding="utf-8")
+        resolved = recipe.to_dict()  # the resolved recipe, loadable as it is (`recipe check`, a rebuild)
+        header = f"# resolved from {resolved.pop('source')}\n" if resolved.get("source") else ""
+        (Path(tmp) / "recipe.yaml").write_text(header + yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
         files["recipe.yaml"] = str(Path(tmp) / "recipe.yaml")
         build_bundle(BundleConfig(
             out=str(target), members=members, strategy=strategy,
