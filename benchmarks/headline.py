@@ -20,6 +20,7 @@ generalist recipes reuse its cached adapt tasks and corpora). The targets are ch
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -33,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import yaml  # noqa: E402
 
-from edge_downscale._io import cache_dir, write_result  # noqa: E402
+from edge_downscale._io import atomic_path, cache_dir, write_result  # noqa: E402
 from edge_downscale.bench import BenchConfig, run_bench  # noqa: E402
 from edge_downscale.data import iter_texts  # noqa: E402
 from edge_downscale.eval import markdown_table  # noqa: E402
@@ -57,13 +58,21 @@ def run_build(recipe: Path, out: Path, work_dir: str | None, log) -> dict:
     return summary
 
 
-def union_corpus(summary: dict, work: Path, path: Path) -> Path:
-    """The training text of every domain, as one JSONL corpus (what the generalist is adapted on)."""
+def union_corpus(summary: dict, work: Path) -> Path:
+    """The training text of every domain, as one JSONL corpus (what the generalist is adapted on).
+
+    Written once per content into the work dir (``headline/union-<sha256>.jsonl``): a build keys a
+    corpus file by its path, size and mtime, so a rerun finds the same file and reuses the generalist.
+    """
     kinds = {t["domain"]: t for t in summary["tasks"] if t["kind"] in ("corpus", "dataprune")}  # dataprune wins
-    with open(path, "w", encoding="utf-8") as f:
-        for domain, t in sorted(kinds.items()):
-            for text in iter_texts(work / t["kind"] / t["key"], "train"):
-                f.write(json.dumps({"text": text}) + "\n")
+    lines = [json.dumps({"text": text}) + "\n" for _, t in sorted(kinds.items())
+             for text in iter_texts(work / t["kind"] / t["key"], "train")]
+    body = "".join(lines).encode("utf-8")
+    path = work / "headline" / f"union-{hashlib.sha256(body).hexdigest()[:16]}.jsonl"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(body)
     return path
 
 
@@ -126,6 +135,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="bench's quick profile (a smoke run)")
     ap.add_argument("--no-gemma", action="store_true")
     ap.add_argument("--no-generalist", action="store_true", help="skip the compute-matched generalist (its build is the longest)")
+    ap.add_argument("--union", default=None, help="the generalist's training corpus (a JSONL file) to use as it is, "
+                    "instead of writing the union of the domains' train splits")
     ap.add_argument("--max-bytes", type=int, default=6000, help="held-out bytes scored per domain")
     ap.add_argument("--mc-items", type=int, default=40, help="multiple-choice items per domain")
     ap.add_argument("--out", default=str(ROOT / "results/headline"), help="bench report directory")
@@ -148,7 +159,7 @@ def main() -> None:
     tokens = len(domains) * (recipe.adapt.train.token_budget * ("adapt" in recipe.stages) +
                              recipe.recover.train.token_budget * ("recover" in recipe.stages))
     if not args.no_generalist:
-        union = union_corpus(builds["specialists"], work, tmp / "union.jsonl")
+        union = Path(args.union) if args.union else union_corpus(builds["specialists"], work)
         adapt = {**base["adapt"], "train": {**base["adapt"]["train"], "token_budget": tokens}}
         builds["generalist"] = run_build(derived_recipe(base, tmp / "generalist.yaml", name="generalist",
                                                         stages=["adapt"], domains=[{"name": "general", "corpus": str(union)}],
