@@ -20,6 +20,7 @@ generalist recipes reuse its cached adapt tasks and corpora). The targets are ch
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -179,6 +180,7 @@ def main() -> None:
     # sized for 13 configurations on 2 cores in ~15 minutes (vote and mixture run three members each)
     config = BenchConfig.quick() if args.quick else BenchConfig(max_bytes=args.max_bytes, mc_items=args.mc_items,
                                                                 rounds=3, n_prompts=3, max_tokens=32)
+    config = dataclasses.replace(config, overwrite=True)  # the study owns its report directory
     report = run_bench([str(tmp / "specialists")] + [str(p) for _, p in members], config, baselines=baselines,
                        out=args.out, progress=True)
     records = report["records"]
