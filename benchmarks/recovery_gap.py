@@ -1,6 +1,7 @@
 """Where a specialist's bits-per-byte go: each step of the default recipe, measured on one held-out text.
 
-    .venv/bin/python benchmarks/recovery_gap.py BUNDLE [--max-bytes 12000] [--kd-tokens 8192] [--no-kd-check]
+    .venv/bin/python benchmarks/recovery_gap.py BUNDLE [--max-bytes 12000] [--domains code,docs] [--kd-tokens 8192]
+                                                       [--no-kd-check]
 
 BUNDLE is a bundle built by `edge-downscale build` (its build_summary.json names the cached tasks).
 Per domain, torch fp32 bits-per-byte on the bundle's own held-out test text of:
@@ -99,6 +100,7 @@ def main() -> None:
     ap.add_argument("--max-bytes", type=int, default=12000, help="held-out bytes scored per domain")
     ap.add_argument("--kd-tokens", type=int, default=8192)
     ap.add_argument("--no-kd-check", action="store_true")
+    ap.add_argument("--domains", default=None, help="comma-separated domains of the bundle (default: all)")
     ap.add_argument("--json", default=str(ROOT / "results/recovery_gap.json"))
     args = ap.parse_args()
     bundle = Path(args.bundle)
@@ -107,6 +109,8 @@ def main() -> None:
     work = Path(build["work_dir"])
     task = {(t["kind"], t["domain"]): work / t["kind"] / t["key"] for t in build["tasks"]}
     evals = read_eval_data(bundle / "eval")
+    if args.domains:
+        evals = {d: evals[d] for d in args.domains.split(",")}
     p = recipe.prune
     rows, table = {}, []
     for d, (texts, _) in evals.items():
