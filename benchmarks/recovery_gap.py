@@ -104,12 +104,17 @@ def main() -> None:
     ap.add_argument("--json", default=str(ROOT / "results/recovery_gap.json"))
     args = ap.parse_args()
     bundle = Path(args.bundle)
+    if not (bundle / "build_summary.json").is_file():
+        sys.exit(f"recovery_gap: {bundle} is not a bundle written by `edge-downscale build` (no build_summary.json)")
     build = json.loads((bundle / "build_summary.json").read_text())
     recipe = load_recipe(str(bundle / "recipe.yaml"), build.get("profile"))
     work = Path(build["work_dir"])
     task = {(t["kind"], t["domain"]): work / t["kind"] / t["key"] for t in build["tasks"]}
     evals = read_eval_data(bundle / "eval")
     if args.domains:
+        unknown = sorted(set(args.domains.split(",")) - set(evals))
+        if unknown:
+            sys.exit(f"recovery_gap: no domain {', '.join(unknown)} in {bundle}; it has {', '.join(evals)}")
         evals = {d: evals[d] for d in args.domains.split(",")}
     p = recipe.prune
     rows, table = {}, []

@@ -6,8 +6,8 @@ on calibration text, the ``down_proj`` over the kept rows S that best reproduces
 ``W h`` has a closed form, the ridge solution ``W_S = W G[:, S] (G[S, S] + damp I)^-1`` (the
 compensation step of Optimal Brain Surgeon, Hassibi & Stork 1993, for whole columns, as in Frantar
 & Alistarh, "Optimal Brain Compression", 2022). Layers are fitted independently from the dense
-model's activations (one calibration pass). Greedy OBS *selection* was measured too (no better than
-the activation-aware score with this refit, and 10x slower) and is not offered.
+model's activations (one calibration pass). Greedy OBS *selection* was tried in an exploratory run
+(no better than the activation-aware score with this refit, and much slower) and is not offered.
 """
 from __future__ import annotations
 
