@@ -169,7 +169,7 @@ def test_baselined_gradient_raises_the_reward_where_reinforce_does_not():
 
 def test_ffn_policy_learns_to_keep_the_rows_that_matter(tmp_path):
     model, important = _rows_that_matter()
-    policy = learn_ffn_policy(model, FFNPolicyConfig(episodes=6, seed=0, inputs=64), ratio=0.5, progress=False)
+    policy = learn_ffn_policy(model, FFNPolicyConfig(episodes=6, seed=0, sequences=4, length=16), ratio=0.5, progress=False)
     h = policy.meta["history"]
     assert h[0]["score_std"] == 0 and h[-1]["score_std"] > 0  # starts uniform, learns a spread
     assert h[-1]["reward"] > h[0]["reward"] + 0.1, [x["reward"] for x in h]  # rewards are -relative error
@@ -187,7 +187,7 @@ def test_every_method_output_loads_in_plain_transformers(method, tiny, tmp_path)
     model, tok = tiny
     calib = [tok("The quick brown fox jumps over the lazy dog. " * 8, add_special_tokens=False)["input_ids"][:48]] * 2
     learned = {"prunenet": lambda: learn_policy(model, PruneNetConfig(episodes=1), ratio=0.5, progress=False),
-               "ffn-policy": lambda: learn_ffn_policy(model, FFNPolicyConfig(episodes=1, inputs=16), ratio=0.5,
+               "ffn-policy": lambda: learn_ffn_policy(model, FFNPolicyConfig(episodes=1, sequences=2, length=8), ratio=0.5,
                                                       progress=False)}
     how = learned[method]() if method in learned else method
     report = prune_(model, how, 0.5, calibration=calib)

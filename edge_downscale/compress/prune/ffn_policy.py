@@ -48,7 +48,9 @@ class FFNPolicyConfig(StageConfig):
     episodes: int = 20
     lr: float = 0.05  # AdamW on the F feature weights
     samples: int = 4  # draws per layer per episode (their mean reward is the baseline)
-    inputs: int = 256  # synthetic inputs per layer, x = gamma * N(0, I)
+    inputs: str = "self-generated"  # the reward's inputs: self-generated | random-tokens | norm (gamma * N(0, I))
+    sequences: int = 8  # input sequences (norm: sequences * length Gaussian inputs per layer)
+    length: int = 128  # tokens per sequence
     multiple: int = 64  # kept widths are rounded to this
     select: str = "topk"  # at pruning: topk (rows of highest logit) | sample (a seeded draw)
     seed: int = 0
@@ -60,7 +62,9 @@ class FFNPolicyConfig(StageConfig):
         check_int(self, "episodes", 1)
         check(is_number(self.lr) and self.lr > 0, "lr must be > 0")
         check_int(self, "samples", 2)
-        check_int(self, "inputs", 8)
+        check(self.inputs in INPUTS, f"inputs must be one of {', '.join(INPUTS)}, got {self.inputs!r}")
+        check_int(self, "sequences", 1)
+        check_int(self, "length", 2)
         check_int(self, "multiple", 1)
         check(self.select in SELECTIONS, f"select must be one of {', '.join(SELECTIONS)}, got {self.select!r}")
         check_int(self, "seed")
@@ -68,11 +72,63 @@ class FFNPolicyConfig(StageConfig):
               f"device must be auto, cpu or cuda[:N], got {self.device!r}")
 
 
-def synthetic_inputs(f, n: int, gen):
-    """n inputs (n, d_model) from the FFN's input-norm statistics: ``gamma * z``, z ~ N(0, I)."""
+def norm_inputs(model, config: "FFNPolicyConfig", gen) -> list:
+    """Per layer, ``sequences * length`` inputs from its norm statistics: ``gamma * z``, z ~ N(0, I) (weights only)."""
     torch = require("torch", "compress")
-    gamma = f.norm_scale().to(gen.device)  # (d_model,)
-    return torch.randn(n, gamma.numel(), generator=gen, device=gen.device) * gamma  # (n, d_model)
+    n = config.sequences * config.length
+    out = []
+    for f in ffn_layers(model):
+        gamma = f.norm_scale().float().cpu()  # (d_model,)
+        out.append(torch.randn(n, gamma.numel(), generator=gen) * gamma)  # (n, d_model)
+    return out
+
+
+def _ffn_inputs(model, ids) -> list:
+    """Per layer, the FFN's inputs (B*T, d_model) when the model reads ``ids`` (B, T)."""
+    torch = require("torch", "compress")
+    layers = ffn_layers(model)
+    seen: dict[int, Any] = {}
+
+    def hook_for(i: int):
+        def hook(_module, inputs):
+            seen[i] = inputs[0].detach().float().reshape(-1, inputs[0].shape[-1]).cpu()
+        return hook
+
+    handles = [f.mlp.register_forward_pre_hook(hook_for(i)) for i, f in enumerate(layers)]
+    try:
+        with torch.inference_mode():
+            model(input_ids=ids.to(next(model.parameters()).device))
+    finally:
+        for h in handles:
+            h.remove()
+    return [seen[i] for i in range(len(layers))]
+
+
+def random_token_inputs(model, config: "FFNPolicyConfig", gen) -> list:
+    """The FFN inputs when the model reads uniformly random token ids (no text)."""
+    torch = require("torch", "compress")
+    ids = torch.randint(0, model.config.vocab_size, (config.sequences, config.length), generator=gen)  # (B, T)
+    return _ffn_inputs(model, ids)
+
+
+def self_generated_inputs(model, config: "FFNPolicyConfig", gen) -> list:
+    """The FFN inputs on text the model samples itself from its start token (no text of ours)."""
+    torch = require("torch", "compress")
+    device = next(model.parameters()).device
+    bos = model.config.bos_token_id if model.config.bos_token_id is not None else 0
+    ids = torch.full((config.sequences, 1), int(bos), dtype=torch.long)  # (B, 1)
+    with torch.inference_mode():
+        out = model(input_ids=ids.to(device), use_cache=True)
+        for _ in range(config.length - 1):
+            probs = torch.softmax(out.logits[:, -1].float(), dim=-1).cpu()  # (B, vocab)
+            nxt = torch.multinomial(probs, 1, generator=gen)  # (B, 1): plain sampling, temperature 1
+            ids = torch.cat([ids, nxt], dim=1)
+            out = model(input_ids=nxt.to(device), past_key_values=out.past_key_values, use_cache=True)
+    return _ffn_inputs(model, ids)
+
+
+# Where the inputs of the reward come from; none reads text.
+INPUTS = {"norm": norm_inputs, "random-tokens": random_token_inputs, "self-generated": self_generated_inputs}
 
 
 @dataclasses.dataclass
@@ -115,9 +171,23 @@ def layer_state(f, x) -> LayerState:
     return LayerState(feats, act, w, out_sq)
 
 
-def layer_states(model, n: int, seed: int, device) -> list[LayerState]:
-    gen = generator(seed, device)
-    return [layer_state(f, synthetic_inputs(f, n, gen)) for f in ffn_layers(model)]
+_LAST: dict[str, Any] = {}  # the last layer states computed (one entry): learning then pruning reuses them
+
+
+def layer_states(model, config: "FFNPolicyConfig", device) -> list[LayerState]:
+    """Every layer's features and reward terms, on inputs from ``config.inputs`` (seeded by ``config.seed``)."""
+    key = (_fingerprint(model), config.inputs, config.sequences, config.length, config.seed, str(device))
+    if _LAST.get("key") != key:
+        _LAST.clear()
+        xs = INPUTS[config.inputs](model, config, generator(config.seed))  # L x (n, d_model)
+        _LAST.update(key=key, states=[layer_state(f, x.to(device)) for f, x in zip(ffn_layers(model), xs)])
+    return _LAST["states"]
+
+
+def _fingerprint(model) -> tuple:
+    """A cheap identity of the FFN weights (sums), to reuse layer states computed for the same model."""
+    return tuple(round(float(getattr(f, n).weight.detach().double().sum()), 6)
+                 for f in ffn_layers(model) for n in ("gate", "up", "down"))
 
 
 def _policy_module(n_features: int):
@@ -154,8 +224,7 @@ class FFNPolicy:
     def scores(self, model, *, seed: int = 0) -> list:
         """Per-layer row scores: the logits (``topk``) or logits + Gumbel noise (``sample``, seeded)."""
         config = self.config
-        device = self.net.weight.device
-        states = layer_states(model, config.inputs, config.seed, device)
+        states = layer_states(model, config, self.net.weight.device)
         gen = generator(seed)
         out = []
         for s in states:
@@ -193,7 +262,7 @@ def learn_ffn_policy(model, config: FFNPolicyConfig | None = None, *, ratio: flo
         raise PruneError("FFN widths differ between layers: pruning needs a uniform intermediate_size")
     r, k = train_width(d_ff, config, ratio)
     t0 = time.perf_counter()
-    states = layer_states(model, config.inputs, config.seed, device)  # L x LayerState
+    states = layer_states(model, config, device)  # L x LayerState
     gen = generator(config.seed + 1, device)  # the draws
     net = _policy_module(len(FEATURES)).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=0.0)
