@@ -248,7 +248,9 @@ def learn_ffn_policy(model, config: FFNPolicyConfig | None = None, *, ratio: flo
                      progress: bool = True) -> FFNPolicy:
     """Learn an ffn-policy from the model's weights alone; ``meta["history"]`` logs reward and score spread.
 
-    ``score_std`` is the std of the logits over rows (0 at the start: a uniform draw), averaged over layers.
+    ``history`` has ``episodes + 1`` entries: the reward of the policy before each step and after the
+    last; the parameters with the best one are kept. ``score_std`` is the std of the logits over rows
+    (0 at the start: a uniform draw), averaged over layers.
     """
     torch = require("torch", "compress")
     from tqdm.auto import tqdm
@@ -268,7 +270,7 @@ def learn_ffn_policy(model, config: FFNPolicyConfig | None = None, *, ratio: flo
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=0.0)
     best_reward, best_state, history = -float("inf"), None, []
     bar = tqdm(total=config.episodes, desc="ffn-policy", unit="episode", disable=not progress)
-    for episode in range(config.episodes):
+    for episode in range(config.episodes + 1):  # the last pass only measures the policy after the last step
         opt.zero_grad()
         rewards, spreads = [], []
         for s in states:
@@ -287,9 +289,10 @@ def learn_ffn_policy(model, config: FFNPolicyConfig | None = None, *, ratio: flo
                         "beta": [float(b) for b in net.weight.detach().reshape(-1)]})
         if total > best_reward:  # keep the parameters that earned it (before this episode's step)
             best_reward, best_state = total, copy.deepcopy(net.state_dict())
-        opt.step()
-        bar.update()
-        bar.set_postfix(reward=f"{total:.3f}", best=f"{best_reward:.3f}")
+        if episode < config.episodes:
+            opt.step()
+            bar.update()
+            bar.set_postfix(reward=f"{total:.3f}", best=f"{best_reward:.3f}")
     bar.close()
     net.load_state_dict(best_state)
     net.eval()
