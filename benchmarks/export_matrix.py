@@ -93,7 +93,7 @@ def main() -> None:
     sources = {"dense": source_directory(args.model)}
     if not args.quick:
         model, tok, _ = load_torch(args.model)
-        policy = learn_policy(model, PruneNetConfig(seed=0), progress=False)
+        policy = learn_policy(model, PruneNetConfig(seed=0), ratio=args.student_ratio, progress=False)
         student = copy.deepcopy(model)
         prune_(student, policy, args.student_ratio)
         sources[f"prunenet-{args.student_ratio:.0%}"] = save_pruned(student, tok, work / "student", {})

@@ -96,7 +96,7 @@ def test_a_profile_is_deep_merged_over_the_base(tmp_path):
 
 @pytest.mark.parametrize("text, expected", [
     (BASE + "prune:\n  method: prunenet\n  ratoi: 0.3\n",
-     ":7:3: prune.ratoi: unknown key; allowed: calib_domain, calib_sequences, method, multiple, prunenet, ratio, refit, seed"),
+     ":7:3: prune.ratoi: unknown key; allowed: calib_domain, calib_sequences, ffn_policy, method, multiple, prunenet, ratio, refit, seed"),
     (BASE + "recover:\n  train:\n    token_budget: abc\n",
      ":7:5: recover.train.token_budget: must be an integer >= 0, got 'abc'"),
     (BASE + "recover:\n  train:\n    lr: fast\n", ":7:5: recover.train.lr: must be a number, got 'fast'"),
@@ -194,6 +194,12 @@ def test_nested_sections_accept_their_dict_form():
                recover={"mode": "distill", "train": {"token_budget": 512}})
     assert r.prune.prunenet.episodes == 2 and r.recover.train.token_budget == 512
     assert Recipe.from_dict(r.to_dict()) == r
+    r = Recipe(name="x", teacher="t", domains=[{"name": "code"}],
+               prune={"method": "ffn-policy", "ffn_policy": {"episodes": 3, "select": "sample"}})
+    assert r.prune.method == "ffn-policy" and r.prune.ffn_policy.select == "sample"
+    assert Recipe.from_dict(r.to_dict()) == r
+    with pytest.raises(ConfigError, match=r"^prune\.method: must be one of prunenet, ffn-policy, random"):
+        Recipe(name="x", teacher="t", domains=[{"name": "code"}], prune={"method": "ffn"})
     with pytest.raises(ConfigError, match=r"^recover\.train\.seq_len: .*seq_len >= 8"):
         Recipe(name="x", teacher="t", domains=[{"name": "code"}], recover={"train": {"seq_len": 4}})
 

@@ -1,9 +1,10 @@
-"""`prune`: structured FFN pruning, one model per ratio (options from PruneConfig / PruneNetConfig)."""
+"""`prune`: structured FFN pruning, one model per ratio (options from PruneConfig / PruneNetConfig / FFNPolicyConfig)."""
 from __future__ import annotations
 
 import click
 
-from ..compress.prune import METHODS, PruneConfig, PruneNetConfig
+from ..compress.prune import METHODS, FFNPolicyConfig, PruneConfig, PruneNetConfig
+from ..compress.prune.prunenet import GRADIENTS
 from ._options import config_option
 
 
@@ -21,11 +22,14 @@ def _ratios(value: str) -> list[float]:
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Output directory: r0.20/ ... (HF model dirs), policy/, summary.json.")
 @config_option(PruneConfig, "method", choices=METHODS,
-               help="prunenet/random/magnitude need no data; activation calibrates on --calib-domain.")
+               help="prunenet/ffn-policy/random/magnitude need no data; activation calibrates on --calib-domain.")
 @click.option("--policy", "policy_dir", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Reuse a learned PruneNet policy directory instead of learning one.")
-@config_option(PruneNetConfig, "train_ratio", help="Ratio the policy is learned at.")
-@config_option(PruneNetConfig, "episodes", help="REINFORCE episodes.")
+              help="Reuse a learned policy directory (of --method) at every ratio instead of learning one.")
+@config_option(PruneNetConfig, "train_ratio",
+               help="Learn the policy once at this ratio and reuse it at every ratio (default: learn at each ratio).")
+@config_option(PruneNetConfig, "episodes", help="Policy-gradient episodes (prunenet, ffn-policy).")
+@config_option(PruneNetConfig, "gradient", choices=GRADIENTS,
+               help="prunenet: reinforce (the authors' code) or baselined (several draws, standardised advantages).")
 @config_option(PruneConfig, "multiple", help="Round kept FFN widths to this.")
 @config_option(PruneConfig, "calib_domain", help="Calibration text for --method activation and --refit.")
 @config_option(PruneConfig, "calib_sequences", help="256-token calibration sequences.")
@@ -35,18 +39,19 @@ def _ratios(value: str) -> list[float]:
 @config_option(PruneNetConfig, "device", help="Policy learning device: auto, cpu, cuda.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def prune_cmd(model, ratios, out_dir, method, policy_dir, train_ratio, episodes, multiple, calib_domain,
+def prune_cmd(model, ratios, out_dir, method, policy_dir, train_ratio, episodes, gradient, multiple, calib_domain,
               calib_sequences, refit, seed, device, overwrite, quiet):
-    """Structured FFN pruning of MODEL: learn once, write one pruned model per ratio.
+    """Structured FFN pruning of MODEL: learn (or load) the policy, write one pruned model per ratio.
 
     The outputs are standard HF directories (safetensors + tokenizer) that transformers loads
     without this library, each with a pruning_report.json.
     """
     from ..compress.prune import prune_to_dirs
 
-    policy = PruneNetConfig(train_ratio=train_ratio, episodes=episodes, multiple=multiple, seed=seed, device=device)
+    common = dict(train_ratio=train_ratio, episodes=episodes, multiple=multiple, seed=seed, device=device)
     config = PruneConfig(out_dir=out_dir, ratios=tuple(_ratios(ratios)), method=method, policy_dir=policy_dir,
-                         prunenet=policy, calib_domain=calib_domain, calib_sequences=calib_sequences, refit=refit,
+                         prunenet=PruneNetConfig(gradient=gradient, **common), ffn_policy=FFNPolicyConfig(**common),
+                         calib_domain=calib_domain, calib_sequences=calib_sequences, refit=refit,
                          multiple=multiple, seed=seed, overwrite=overwrite)
     summary = prune_to_dirs(model, config, progress=not quiet)
     for name, o in summary["outputs"].items():

@@ -10,8 +10,9 @@ import types
 import typing
 from typing import Any, Union
 
+from ..compress.prune.ffn_policy import FFNPolicyConfig
 from ..compress.prune.methods import METHODS
-from ..compress.prune.prunenet import PruneNetConfig
+from ..compress.prune.prunenet import GRADIENTS, SELECTIONS, PruneNetConfig
 from ..compress.train.config import CURRICULA, DEVICES, DIVERGENCES, PRECISIONS, TRAIN_MODES, DistillConfig, TrainConfig
 from ..config import EvalConfig, StageConfig
 from ..data import SPLITS
@@ -35,10 +36,13 @@ CHOICES: dict[tuple[type, str], Any] = {
     (R.EnsembleRecipe, "strategy"): tuple(STRATEGIES), (R.EnsembleRecipe, "router_kind"): tuple(sorted(ROUTERS)),
     (TrainConfig, "train"): TRAIN_MODES, (TrainConfig, "precision"): PRECISIONS, (TrainConfig, "device"): DEVICES,
     (DistillConfig, "divergence"): DIVERGENCES, (DistillConfig, "curriculum"): CURRICULA,
+    (PruneNetConfig, "gradient"): GRADIENTS, (PruneNetConfig, "select"): SELECTIONS,
+    (FFNPolicyConfig, "select"): SELECTIONS,
     (EvalConfig, "split"): SPLITS, (PruneRecipe, "steps"): tuple(STEPS), (PruneRecipe, "target_split"): SPLITS,
 }
 PATTERNS = {(R.DomainSpec, "name"): R.NAME.pattern, (R.Recipe, "name"): R.RECIPE_NAME.pattern,
-            (PruneNetConfig, "device"): r"^(auto|cpu|cuda(:[0-9]+)?)$"}
+            (PruneNetConfig, "device"): r"^(auto|cpu|cuda(:[0-9]+)?)$",
+            (FFNPolicyConfig, "device"): r"^(auto|cpu|cuda(:[0-9]+)?)$"}
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,6 +1,7 @@
 """A recipe in a few human lines (``edge-downscale recipe check``)."""
 from __future__ import annotations
 
+from ..compress.prune.methods import REGISTRY
 from ..data import DEMO_DOMAINS
 
 
@@ -22,7 +23,11 @@ def _adapt(r) -> str:
 
 def _prune(r) -> str:
     p = r.prune
-    extra = f", policy {p.prunenet.episodes if p.prunenet else 'default'} episodes" if p.method == "prunenet" else ""
+    learner = REGISTRY[p.method].learner
+    extra = ""
+    if learner is not None:
+        cfg = getattr(p, learner.field)
+        extra = f", policy {cfg.episodes if cfg else 'default'} episodes"
     if p.refit:
         extra += ", down_proj refitted"
     if p.method == "activation" or p.refit:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .._io import write_json_atomic
+from ..compress.prune.methods import REGISTRY
 from ..errors import EdgeDownscaleError
 from .plan import Task
 from .recipe import Recipe
@@ -42,11 +43,19 @@ def units(task: Task) -> float:
     per_kind = {
         "adapt": lambda: task.params["train"]["token_budget"],
         "recover": lambda: task.params["train"]["token_budget"],
-        "prune": lambda: (task.params["prunenet"] or {}).get("episodes", 20) if task.params["method"] == "prunenet" else 1,
+        "prune": lambda: _policy_episodes(task.params),
         "export": lambda: len(task.params["quants"]),
         "bundle": lambda: len(task.params["domains"]),
     }
     return float(per_kind.get(task.kind, lambda: 1)())
+
+
+def _policy_episodes(params: dict[str, Any]) -> float:
+    """A prune task's work: its policy's episodes (learned methods), else 1."""
+    learner = REGISTRY[params["method"]].learner
+    if learner is None:
+        return 1
+    return (params.get(learner.field) or {}).get("episodes", learner.config.episodes)
 
 
 class Throughput:

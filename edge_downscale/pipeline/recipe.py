@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ..compress.prune.ffn_policy import FFNPolicyConfig
 from ..compress.prune.methods import METHODS
 from ..compress.prune.prunenet import PruneNetConfig
 from ..compress.train.config import DEVICES, DistillConfig, TrainConfig
@@ -88,6 +89,7 @@ class ModelPruneSpec(Section):
     multiple: int = 64  # kept widths are rounded to this
     seed: int = 0
     prunenet: PruneNetConfig | None = None  # PruneNetConfig fields; null = its defaults (with this multiple and seed)
+    ffn_policy: FFNPolicyConfig | None = None  # FFNPolicyConfig fields (method ffn-policy); null = its defaults
     calib_domain: str | None = None  # calibration text of method activation and of refit; null = each domain's own
     calib_sequences: int = 16  # 256-token calibration sequences
     refit: bool = False  # refit each down_proj by least squares over its kept rows (needs calibration text)

@@ -52,7 +52,7 @@ def run_prune(task: Task, target: Path, recipe: Recipe, progress: bool) -> dict[
     p = task.params
     calib = task.deps["calib"].output if "calib" in task.deps else "docs"  # only activation and refit read it
     summary = prune_to_dirs(model_path(task.deps["model"]), PruneConfig(
-        out_dir=str(target), ratios=(p["ratio"],), method=p["method"], prunenet=p["prunenet"],
+        out_dir=str(target), ratios=(p["ratio"],), method=p["method"], prunenet=p["prunenet"], ffn_policy=p.get("ffn_policy"),
         calib_domain=str(calib), calib_sequences=p["calib_sequences"], refit=p["refit"], multiple=p["multiple"],
         seed=p["seed"]), progress=progress)
     out = next(iter(summary["outputs"].values()))

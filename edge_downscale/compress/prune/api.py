@@ -14,9 +14,9 @@ from ..._io import atomic_path, write_json_atomic
 from ...config import StageConfig, check, check_int, is_number
 from ...errors import ConfigError, require
 from .ffn import PruneError, check_finite, ffn_layers, ffn_width, kept_width, layout_for, slice_ffn_
-from .methods import (METHODS, CALIBRATION_FREE, activation_scores, activation_scores_from_sq, magnitude_scores,
-                      policy_scores, random_scores)
-from .prunenet import PruneNetConfig, PruneNetPolicy, spectrum_ks
+from .ffn_policy import FFNPolicyConfig
+from .methods import CALIBRATION_FREE, METHODS, POLICIES, method_spec
+from .prunenet import PruneNetConfig, spectrum_ks
 from .refit import ffn_grams, refit_ffns_
 
 REPORT = "pruning_report.json"
@@ -26,36 +26,33 @@ def n_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def row_scores(model, method: str | PruneNetPolicy, *, seed: int = 0,
-               calibration: Sequence[Sequence[int]] | None = None, grams: list | None = None) -> tuple[str, list]:
-    """Per-layer row scores for ``method`` (a name, or a learned :class:`PruneNetPolicy`).
+def row_scores(model, method, *, seed: int = 0, calibration: Sequence[Sequence[int]] | None = None,
+               grams: list | None = None) -> tuple[str, list]:
+    """(method name, per-layer row scores) for ``method``: a name, or a learned policy (PruneNet, ffn-policy).
 
+    A policy's scores are its seeded action (their top-k is the sampled draw) or its ranking.
     ``grams`` (from :func:`ffn_grams`, when a refit computed them) spare ``activation`` its own pass.
     """
-    if method == "activation" and grams is not None:
-        return method, activation_scores_from_sq(model, [g.diagonal() for g in grams])
-    if isinstance(method, PruneNetPolicy):
-        return "prunenet", policy_scores(model, method)
-    if method == "random":
-        return method, random_scores(model, seed=seed)
-    if method == "magnitude":
-        return method, magnitude_scores(model)
-    if method == "activation":
-        return method, activation_scores(model, calibration or [])
-    if method == "prunenet":
-        raise ConfigError("prunenet needs a learned policy: pass learn_policy(model) or PruneNetPolicy.load(dir)")
-    raise ConfigError(f"unknown pruning method {method!r}; available: {', '.join(METHODS)}")
+    if isinstance(method, POLICIES):
+        return method.method, method.scores(model, seed=seed)
+    spec = method_spec(method)
+    if spec.learner is not None:
+        raise ConfigError(f"{method} needs a learned policy: pass {spec.learner.learn.__name__}(model, ...) "
+                          f"or {spec.learner.policy.__name__}.load(dir)")
+    return method, spec.score(model, seed=seed, calibration=calibration, grams=grams)
 
 
-def prune_(model, method: str | PruneNetPolicy, ratio: float, *, multiple: int = 64, seed: int = 0,
+def prune_(model, method, ratio: float, *, multiple: int = 64, seed: int = 0,
            calibration: Sequence[Sequence[int]] | None = None, scores: list | None = None,
            refit: bool = False, grams: list | None = None) -> dict[str, Any]:
     """Remove ``ratio`` of every FFN's rows in place, keeping the highest-scoring ones.
 
-    Returns a report: widths, parameters before/after, per-layer KS of the gate_proj spectrum,
-    a hash of the kept indices, and the time taken. ``scores`` may be passed to reuse one scoring
-    across several ratios (the policy's scores do not depend on the ratio). ``refit``: refit each
-    ``down_proj`` by least squares on the calibration text (see refit.py; ``grams`` reuses its statistics).
+    ``method``: a name from METHODS or a learned policy. Returns a report: widths, parameters
+    before/after, per-layer KS of the gate_proj spectrum, a hash of the kept indices, the seed of
+    any random draw, and the time taken. ``scores`` may be passed to reuse one scoring across
+    several ratios (a policy's draw and a ranking are ratio-free: the kept rows nest). ``refit``:
+    refit each ``down_proj`` by least squares on the calibration text (see refit.py; ``grams``
+    reuses its statistics).
     """
     torch = require("torch", "compress")
     layout_for(model)
@@ -68,7 +65,7 @@ def prune_(model, method: str | PruneNetPolicy, ratio: float, *, multiple: int =
     if scores is None:
         name, scores = row_scores(model, method, seed=seed, calibration=calibration, grams=grams)
     else:
-        name = "prunenet" if isinstance(method, PruneNetPolicy) else str(method)
+        name = method.method if isinstance(method, POLICIES) else str(method)
     params_before = n_params(model)
     kept = [torch.topk(s, k).indices.sort().values for s in scores]  # L x (k,)
     layer_ks = [spectrum_ks(f.gate.weight, idx.to(f.gate.weight.device)) for f, idx in zip(ffn_layers(model), kept)]
@@ -78,15 +75,21 @@ def prune_(model, method: str | PruneNetPolicy, ratio: float, *, multiple: int =
     else:
         slice_ffn_(model, kept)
     params_after = n_params(model)
-    return {
+    report = {
         "method": name, "calibration_free": CALIBRATION_FREE.get(name, True) and not refit, "refit": refit,
-        "ratio": ratio,
+        "ratio": ratio, "seed": seed,
         "d_ff": d_ff, "kept_width": k, "multiple": multiple, "actual_ffn_ratio": 1 - k / d_ff,
         "params_before": params_before, "params_after": params_after,
         "param_reduction": 1 - params_after / params_before,
         "layer_ks": layer_ks, "mean_ks": sum(layer_ks) / len(layer_ks), "kept_indices_sha256": digest,
         "seconds": round(time.perf_counter() - t0, 3), "edge_downscale_version": __version__,
     }
+    if isinstance(method, POLICIES):
+        cfg = method.meta["config"]
+        report["policy"] = {"select": cfg["select"], "gradient": cfg.get("gradient", "baselined"),
+                            "train_ratio": method.meta.get("train_ratio"), "train_width": method.meta.get("train_width"),
+                            "episodes": cfg["episodes"], "policy_seed": cfg["seed"]}
+    return report
 
 
 def save_pruned(model, tokenizer, out_dir: str | Path, report: dict[str, Any], *, overwrite: bool = False) -> Path:
@@ -120,12 +123,15 @@ def calibration_sequences(tokenizer, domain: str = "docs", *, n: int = 16, lengt
 class PruneConfig(StageConfig):
     """What :func:`prune_to_dirs` (the ``prune`` command) prunes, how, and where it writes.
 
-    ``out_dir`` gets one HF directory per ratio (``r0.30/``), ``policy/`` (PruneNet) and ``summary.json``.
-    ``ratios``: fractions of each FFN's width to remove. ``policy_dir``: reuse a learned PruneNet policy
-    instead of learning one. ``prunenet``: policy-learning settings (None = the defaults, with this
-    ``multiple`` and ``seed``). ``calib_domain``: calibration text of the ``activation`` method and of
-    ``refit`` (a least-squares refit of every ``down_proj`` over its kept rows, any method);
-    ``calib_sequences``: how many 256-token sequences of it.
+    ``out_dir`` gets one HF directory per ratio (``r0.30/``), the learned policies (``policy-r0.30/``
+    per ratio, or one ``policy/`` when it is learned once at ``train_ratio`` or loaded) and
+    ``summary.json``. ``ratios``: fractions of each FFN's width to remove. ``policy_dir``: reuse a
+    learned policy (of ``method``) at every ratio instead of learning one. ``prunenet`` /
+    ``ffn_policy``: policy-learning settings of those methods (None = the defaults, with this
+    ``multiple`` and ``seed``). ``seed`` also seeds a policy's sampled action and ``random``.
+    ``calib_domain``: calibration text of the ``activation`` method and of ``refit`` (a least-squares
+    refit of every ``down_proj`` over its kept rows, any method); ``calib_sequences``: how many
+    256-token sequences of it.
     """
 
     stage: ClassVar[str] = "prune"
@@ -134,6 +140,7 @@ class PruneConfig(StageConfig):
     method: str = "prunenet"
     policy_dir: str | None = None
     prunenet: PruneNetConfig | None = None
+    ffn_policy: FFNPolicyConfig | None = None
     calib_domain: str = "docs"
     calib_sequences: int = 16
     refit: bool = False
@@ -148,6 +155,8 @@ class PruneConfig(StageConfig):
             self.policy_dir = os.fspath(self.policy_dir)
         if isinstance(self.prunenet, dict):  # the JSON form
             self.prunenet = PruneNetConfig.from_dict(self.prunenet)
+        if isinstance(self.ffn_policy, dict):
+            self.ffn_policy = FFNPolicyConfig.from_dict(self.ffn_policy)
         super().__post_init__()
 
     def validate(self) -> None:
@@ -159,6 +168,8 @@ class PruneConfig(StageConfig):
         check(self.policy_dir is None or isinstance(self.policy_dir, str), "policy_dir must be a directory path or None")
         check(self.prunenet is None or isinstance(self.prunenet, PruneNetConfig),
               "prunenet must be a PruneNetConfig (or its JSON object) or None")
+        check(self.ffn_policy is None or isinstance(self.ffn_policy, FFNPolicyConfig),
+              "ffn_policy must be an FFNPolicyConfig (or its JSON object) or None")
         check(isinstance(self.calib_domain, str), "calib_domain must be a demo domain or corpus directory")
         check_int(self, "calib_sequences", 1)
         check(isinstance(self.refit, bool), "refit must be true or false")
@@ -167,16 +178,28 @@ class PruneConfig(StageConfig):
         check(isinstance(self.overwrite, bool), "overwrite must be true or false")
 
 
-def prune_to_dirs(model_ref: str, config: PruneConfig, *, progress: bool = True) -> dict[str, Any]:
-    """Learn (or load) once, prune at every ratio, write ``config.out_dir/r0.30/`` HF directories.
+def learn_policies(model, method: str, ratios: Sequence[float], config, *, policy_dir: str | None = None,
+                   progress: bool = True) -> dict[float, Any]:
+    """ratio -> the learned policy that prunes at it: loaded, learned once at ``config.train_ratio``, or per ratio."""
+    learner = method_spec(method).learner
+    if policy_dir is not None:
+        policy = learner.policy.load(policy_dir)
+        return {r: policy for r in ratios}
+    if config.train_ratio is not None:
+        policy = learner.learn(model, config, progress=progress)
+        return {r: policy for r in ratios}
+    return {r: learner.learn(model, config, ratio=r, progress=progress) for r in ratios}
 
-    ``out_dir`` also gets ``policy/`` (PruneNet) and ``summary.json``. The whole directory appears
+
+def prune_to_dirs(model_ref: str, config: PruneConfig, *, progress: bool = True) -> dict[str, Any]:
+    """Learn (or load), prune at every ratio, write ``config.out_dir/r0.30/`` HF directories.
+
+    ``out_dir`` also gets the policies and ``summary.json``. The whole directory appears
     atomically: an interrupted run leaves nothing that looks finished.
     """
     import copy
 
     from ...models import load_torch
-    from .prunenet import learn_policy
 
     out_dir, ratios, method, multiple, seed = (Path(config.out_dir), config.ratios, config.method, config.multiple,
                                                config.seed)
@@ -187,30 +210,36 @@ def prune_to_dirs(model_ref: str, config: PruneConfig, *, progress: bool = True)
     for r in ratios:  # fail on a bad ratio before minutes of policy learning
         kept_width(ffn_width(model), r, multiple)
     check_finite(model)
-    summary: dict[str, Any] = {"model": model_ref, "source": info, "method": method, "ratios": list(ratios), "outputs": {}}
+    summary: dict[str, Any] = {"model": model_ref, "source": info, "method": method, "ratios": list(ratios),
+                               "seed": seed, "outputs": {}}
     t0 = time.perf_counter()
     calibration = (calibration_sequences(tokenizer, config.calib_domain, n=config.calib_sequences)
                    if method == "activation" or config.refit else None)
     grams = ffn_grams(model, calibration) if config.refit else None
-    policy = None
-    if method == "prunenet":
-        if config.policy_dir is not None:
-            policy = PruneNetPolicy.load(config.policy_dir)
-            summary["policy"] = {"loaded_from": str(config.policy_dir)}
-        else:
-            policy = learn_policy(model, config.prunenet or PruneNetConfig(multiple=multiple, seed=seed),
-                                  progress=progress)
-            summary["policy"] = {"seconds": policy.meta["seconds"], "best_reward": policy.meta["best_reward"]}
-    _, scores = row_scores(model, policy if policy is not None else method, seed=seed, calibration=calibration,
-                           grams=grams)
+    learner = method_spec(method).learner
+    policies: dict[float, Any] = {}
+    if learner is not None:
+        cfg = getattr(config, learner.field) or learner.config(multiple=multiple, seed=seed)
+        policies = learn_policies(model, method, ratios, cfg, policy_dir=config.policy_dir, progress=progress)
+    shared = len({id(p) for p in policies.values()}) == 1
+    scores: dict[int, list] = {}  # one scoring per policy (or one for the method)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
-        if policy is not None:
-            policy.save(tmp / "policy")
         for r in ratios:
+            policy = policies.get(r)
+            if id(policy) not in scores:
+                scores[id(policy)] = row_scores(model, policy if policy is not None else method, seed=seed,
+                                                calibration=calibration, grams=grams)[1]
+                if policy is not None:
+                    name = "policy" if shared else f"policy-r{r:.2f}"
+                    policy.save(tmp / name)
+                    summary.setdefault("policies", {})[name] = (
+                        {"loaded_from": str(config.policy_dir)} if config.policy_dir is not None else
+                        {"seconds": policy.meta["seconds"], "best_reward": policy.meta["best_reward"],
+                         "train_ratio": policy.meta["train_ratio"]})
             pruned = copy.deepcopy(model)
             report = prune_(pruned, policy if policy is not None else method, r, multiple=multiple, seed=seed,
-                            scores=scores, refit=config.refit, grams=grams)
+                            scores=scores[id(policy)], refit=config.refit, grams=grams)
             report["source_model"] = model_ref
             name = f"r{r:.2f}"
             save_pruned(pruned, tokenizer, tmp / name, report)

@@ -31,6 +31,8 @@ class FFNLayout:
     up: str = "up_proj"
     down: str = "down_proj"
     width_key: str = "intermediate_size"
+    norm: str = "post_attention_layernorm"  # the RMSNorm whose output the FFN reads
+    norm_offset: float = 0.0  # the norm scales by (offset + weight): Gemma stores weight - 1
 
 
 # model_type -> layout. All of these use a SwiGLU/GeGLU FFN: down(act(gate(x)) * up(x)).
@@ -39,7 +41,7 @@ FFN_LAYOUTS: dict[str, FFNLayout] = {
     "mistral": FFNLayout(),
     "qwen2": FFNLayout(),
     "qwen3": FFNLayout(),
-    "gemma3_text": FFNLayout(),
+    "gemma3_text": FFNLayout(norm="pre_feedforward_layernorm", norm_offset=1.0),
 }
 
 
@@ -61,12 +63,21 @@ def _get(obj: Any, path: str) -> Any:
 
 @dataclasses.dataclass
 class FFN:
-    """One block's FFN projections (torch ``nn.Linear`` modules) and its owner."""
+    """One block's FFN projections (torch ``nn.Linear`` modules), its owner and its input norm."""
 
     mlp: Any
     gate: Any  # weight (d_ff, d_model)
     up: Any  # weight (d_ff, d_model)
     down: Any  # weight (d_model, d_ff)
+    norm: Any = None  # the RMSNorm before the FFN, weight (d_model,)
+    norm_offset: float = 0.0
+
+    def norm_scale(self):
+        """The per-channel scale (d_model,) the FFN's input norm applies (ones if it has none)."""
+        w = getattr(self.norm, "weight", None)
+        if w is None:
+            return self.gate.weight.new_ones(self.gate.weight.shape[1]).detach()
+        return (w.detach().float() + self.norm_offset).to(self.gate.weight.device)
 
 
 def ffn_layers(model) -> list[FFN]:
@@ -74,7 +85,8 @@ def ffn_layers(model) -> list[FFN]:
     out = []
     for block in _get(model, lay.blocks):
         mlp = _get(block, lay.mlp)
-        out.append(FFN(mlp, getattr(mlp, lay.gate), getattr(mlp, lay.up), getattr(mlp, lay.down)))
+        out.append(FFN(mlp, getattr(mlp, lay.gate), getattr(mlp, lay.up), getattr(mlp, lay.down),
+                       getattr(block, lay.norm, None), lay.norm_offset))
     return out
 
 

@@ -1,8 +1,9 @@
-"""Row-importance scores for every method, behind one signature: model -> one (d_ff,) score per layer.
+"""Every pruning method behind one registry: name -> how it scores rows, whether it needs data, how it learns.
 
 Higher score = keep. ``prune_`` keeps the top-k rows of each layer by score.
 
-* ``prunenet``: the learned policy's keep-probabilities (calibration-free; see prunenet.py).
+* ``prunenet``: a learned policy's sampled action (calibration-free; see prunenet.py).
+* ``ffn-policy``: a learned policy over the whole FFN, rewarded for keeping its output (ffn_policy.py).
 * ``random``: a seeded random ranking (the paper's baseline).
 * ``magnitude``: L2 norm of each row of ``gate_proj`` (calibration-free).
 * ``activation``: a structured Wanda-style score, ``||h_j||_2 * ||W_down[:, j]||_2``, where h_j is
@@ -11,27 +12,68 @@ Higher score = keep. ``prune_`` keeps the top-k rows of each layer by score.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import dataclasses
+from typing import Any, Callable, Sequence
 
 from ...errors import ConfigError, require
 from .ffn import ffn_layers
+from .ffn_policy import FFNPolicy, FFNPolicyConfig, learn_ffn_policy
+from .prunenet import PruneNetConfig, PruneNetPolicy, learn_policy
 
-METHODS = ("prunenet", "random", "magnitude", "activation")
-CALIBRATION_FREE = {"prunenet": True, "random": True, "magnitude": True, "activation": False}
 
-
-def random_scores(model, *, seed: int = 0):
+def random_scores(model, *, seed: int = 0, **_):
     torch = require("torch", "compress")
     gen = torch.Generator().manual_seed(seed)
     return [torch.rand(f.gate.weight.shape[0], generator=gen) for f in ffn_layers(model)]
 
 
-def magnitude_scores(model):
+def magnitude_scores(model, **_):
     return [f.gate.weight.detach().float().norm(dim=1).cpu() for f in ffn_layers(model)]
 
 
-def policy_scores(model, policy):
-    return [policy.keep_probabilities(f.gate.weight) for f in ffn_layers(model)]
+def _activation(model, *, calibration=None, grams=None, **_):
+    if grams is not None:  # a refit already gathered the statistics: their diagonals are ||h_j||^2
+        return activation_scores_from_sq(model, [g.diagonal() for g in grams])
+    return activation_scores(model, calibration or [])
+
+
+@dataclasses.dataclass(frozen=True)
+class Learner:
+    """A learned method: its config class, the field that holds it (PruneConfig, recipe), learn and load."""
+
+    config: type
+    field: str
+    learn: Callable[..., Any]  # learn(model, config, *, ratio, progress) -> policy
+    policy: type  # has .load(dir), .scores(model, seed=), .meta, .save(dir)
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """One pruning method: a fixed scoring rule (``score``) or a learned policy (``learner``)."""
+
+    name: str
+    calibration_free: bool
+    score: Callable[..., list] | None = None  # score(model, *, seed, calibration, grams) -> L x (d_ff,)
+    learner: Learner | None = None
+
+
+REGISTRY: dict[str, Method] = {m.name: m for m in (
+    Method("prunenet", True, learner=Learner(PruneNetConfig, "prunenet", learn_policy, PruneNetPolicy)),
+    Method("ffn-policy", True, learner=Learner(FFNPolicyConfig, "ffn_policy", learn_ffn_policy, FFNPolicy)),
+    Method("random", True, score=random_scores),
+    Method("magnitude", True, score=magnitude_scores),
+    Method("activation", False, score=_activation),
+)}
+METHODS = tuple(REGISTRY)
+CALIBRATION_FREE = {name: m.calibration_free for name, m in REGISTRY.items()}
+POLICIES = tuple(m.learner.policy for m in REGISTRY.values() if m.learner is not None)
+
+
+def method_spec(name: str) -> Method:
+    try:
+        return REGISTRY[name]
+    except (KeyError, TypeError):
+        raise ConfigError(f"unknown pruning method {name!r}; available: {', '.join(METHODS)}") from None
 
 
 def down_inputs(model, calibration: Sequence[Sequence[int]], accumulate: Callable, *, batch_size: int = 4) -> None:
