@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import platform
 import shutil
@@ -121,6 +122,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-speed", action="store_true", help="skip the decode-speed measurement")
     ap.add_argument("--holdout", type=float, default=0.3, help="ratio held out when checking the fitted law")
     ap.add_argument("--out", default="results/prune_smollm2.json")
+    ap.add_argument("--resume", action="store_true",
+                    help="reuse the rows of an interrupted run with the same settings (OUT.partial.json)")
     args = ap.parse_args(argv)
     ratios = [float(r) for r in args.ratios.split(",") if r]
     methods = [m for m in args.methods.split(",") if m]
@@ -176,6 +179,20 @@ def main(argv=None) -> int:
                 runs.append((m, s, r))
 
     rows, policies, speed = [], [], {}
+    partial = Path(args.out).with_suffix(".partial.json")
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "resume", "methods")}
+    if args.resume and partial.exists():
+        saved = json.loads(partial.read_text())
+        if saved.get("settings") != settings:
+            ap.error(f"{partial} was written with other settings; rerun without --resume")
+        rows, policies = saved["rows"], saved["policies"]
+        speed = {int(k): v for k, v in saved["speed"].items()}
+        print(f"resuming: {len(rows)} rows from {partial}", flush=True)
+    done = {(row["method"], row["seed"], row["ratio"]) for row in rows}
+
+    def checkpoint():
+        write_result(partial, {"settings": settings, "rows": rows, "policies": policies,
+                               "speed": {str(k): v for k, v in speed.items()}})
 
     def evaluate_model(model, row):
         s, mixed = score(model, tok, held, config)
@@ -187,23 +204,26 @@ def main(argv=None) -> int:
         row.update(recovered={"domains": s2, "mixed_bpb": mixed2, "seconds": round(secs, 1)})
         del trained
 
-    if "dense" in methods:
+    if "dense" in methods and ("dense", None, 0.0) not in done:
         row = {"method": "dense", "seed": None, "ratio": 0.0, "params": n_params(dense),
                "kept_width": dense.config.intermediate_size}
         s, mixed = score(dense, tok, held, config)
         row.update(domains=s, mixed_bpb=mixed)  # recovery of the dense model is not what is compared
         rows.append(row)
         print(f"dense: {n_params(dense):,} params, mixed bpb {mixed:.4f}", flush=True)
-    if not args.no_speed:
+    if not args.no_speed and dense.config.intermediate_size not in speed:
         speed[dense.config.intermediate_size] = decode_tokens_per_s(dense, tok)
 
     for m, seed, r in runs:
+        if (m, seed, r) in done:
+            continue
         t0 = time.perf_counter()
         policy = None
         if m in learners:
             policy = learners[m](r)
             learn_s = time.perf_counter() - t0
-            fresh = m != "prunenet-reuse" or reuse["fresh"]
+            fresh = (m != "prunenet-reuse" or reuse["fresh"]) and not any(
+                p["method"] == m and (m == "prunenet-reuse" or p["ratio"] == r) for p in policies)
             if fresh:
                 h = policy.meta["history"]
                 policies.append({"method": m, "ratio": r if m != "prunenet-reuse" else args.reuse_ratio,
@@ -228,6 +248,7 @@ def main(argv=None) -> int:
         print(f"{m:>18} r={r:.2f} seed {seed}: width {report['kept_width']}, mixed bpb {row['mixed_bpb']:.4f}{after}"
               f" ({time.perf_counter() - t0:.0f} s)", flush=True)
         del model
+        checkpoint()
     shutil.rmtree(work, ignore_errors=True)
 
     dense_speed = speed.get(dense.config.intermediate_size)
@@ -259,6 +280,7 @@ def main(argv=None) -> int:
     if len(ratios) >= 3 and prunenet_points and all("time" in p for p in prunenet_points):
         result["laws"] = laws_report(prunenet_points, args.holdout)
     write_result(args.out, result)
+    partial.unlink(missing_ok=True)
     print(f"wrote {args.out} ({result['seconds'] / 60:.1f} min)")
     return 0
 
