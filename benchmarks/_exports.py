@@ -18,11 +18,12 @@ from typing import Sequence
 
 
 def cached_exports(model: str, fmt: str, quants: Sequence[str] | str, *, verify: bool = False,
-                   log=print) -> dict[str, Path]:
+                   onnx_graph: str = "optimum", log=print) -> dict[str, Path]:
     """{quant: artifact dir} for ``model`` exported to ``fmt``; only missing quantisations are exported.
 
     ``verify=False`` skips the parity gate (the artifacts are for timing); the manifest then has
-    ``parity: null``.
+    ``parity: null``. ONNX: ``onnx_graph`` (``optimum`` keeps the directory names ``onnx-<quant>``
+    of earlier runs; ``fused`` artifacts are ``onnx-fused-<quant>``).
     """
     from edge_downscale._io import cache_dir
     from edge_downscale.export import ExportConfig, export_model, source_directory
@@ -33,11 +34,14 @@ def cached_exports(model: str, fmt: str, quants: Sequence[str] | str, *, verify:
     src = source_directory(model)
     src_hash = source_hash(src)
     root = cache_dir("benchmark-exports", src.name)
+    graph = onnx_graph if fmt == "onnx" else None
+    prefix = f"{fmt}-fused" if graph == "fused" else fmt
     out, missing = {}, []
     for q in names:
-        art = root / f"{fmt}-{q}"
+        art = root / f"{prefix}-{q}"
         manifest = art / "model.json"
-        if manifest.is_file() and json.loads(manifest.read_text())["source"]["sha256"] == src_hash:
+        info = json.loads(manifest.read_text()) if manifest.is_file() else {}
+        if info.get("source", {}).get("sha256") == src_hash and info.get("onnx_graph", "optimum" if graph else None) == graph:
             out[q] = art
         else:
             missing.append(q)
@@ -45,10 +49,11 @@ def cached_exports(model: str, fmt: str, quants: Sequence[str] | str, *, verify:
         log(f"exporting {model} to {fmt} {','.join(missing)} into {root} (cached for later runs)")
         work = Path(tempfile.mkdtemp(prefix=".export-", dir=root))
         try:
-            config = ExportConfig(out_dir=work / "out", format=fmt, quants=missing, verify=verify, allow_degraded=True)
+            config = ExportConfig(out_dir=work / "out", format=fmt, quants=missing, verify=verify, allow_degraded=True,
+                                  **({"onnx_graph": graph} if graph else {}))
             export_model(str(src), config, log=log)
             for q in missing:
-                art = root / f"{fmt}-{q}"
+                art = root / f"{prefix}-{q}"
                 if art.exists():
                     shutil.rmtree(art)
                 (work / "out" / f"{fmt}-{q}").rename(art)
@@ -60,8 +65,7 @@ def cached_exports(model: str, fmt: str, quants: Sequence[str] | str, *, verify:
 
 def artifact_bytes(art: Path) -> int:
     """Bytes of the model's weights file(s), without tokenizer and configs."""
-    return sum(p.stat().st_size for p in art.iterdir() if p.suffix in (".gguf", ".onnx", ".onnx_data")
-               or p.name.endswith(".onnx_data"))
+    return sum(p.stat().st_size for p in art.iterdir() if p.suffix == ".gguf" or p.name.startswith("model.onnx"))
 
 
 def dynamic_int8(src: Path, dst: Path, *, reduce_range: bool, keep_float: Sequence[str] = ("down_proj",),

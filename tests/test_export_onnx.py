@@ -202,16 +202,16 @@ def test_export_model_gates_onnx_in_model_json_and_keeps_the_facts(tiny_model_di
     from edge_downscale.export import ExportConfig, ParityError, export_model, parity
 
     out = tmp_path / "out"
-    (manifest,) = export_model(str(tiny_model_dir), ExportConfig(out_dir=out, format="onnx", quants="int8"),
-                               log=lambda m: None)
-    assert manifest["parity"]["passed"] and manifest["parity"]["kl_tokens"] > 0
+    (manifest,) = export_model(str(tiny_model_dir), ExportConfig(out_dir=out, format="onnx", quants="int8",
+                                                                 onnx_graph="optimum"), log=lambda m: None)
+    assert manifest["parity"]["passed"] and manifest["parity"]["kl_tokens"] > 0 and manifest["onnx_graph"] == "optimum"
     assert verify_manifest(out / "onnx-int8")["parity"] == manifest["parity"]
     info = json.loads((out / "onnx-int8" / INFO_FILE).read_text())
     assert info["quant_options"]["bits"] == 8 and "drift_vs_source" not in info
     monkeypatch.setitem(parity.DEFAULT_GATES, "fp32", (-1.0, -1.0))  # no export can pass a negative gate
     with pytest.raises(ParityError, match="parity gate failed: fp32"):
-        export_model(str(tiny_model_dir), ExportConfig(out_dir=tmp_path / "strict", format="onnx", quants="fp32"),
-                     log=lambda m: None)
+        export_model(str(tiny_model_dir), ExportConfig(out_dir=tmp_path / "strict", format="onnx", quants="fp32",
+                                                       onnx_graph="optimum"), log=lambda m: None)
     assert not (tmp_path / "strict").exists()
 
 

@@ -8,20 +8,21 @@ from click.testing import CliRunner
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
-# format -> the quantisations the README recommends (GGUF: 8-bit and the default 4-bit type; ONNX: fp32, int8)
-RECOMMENDED = {"gguf": ("q8_0", "q4_k_m"), "onnx": ("fp32", "int8")}
+# (format, ONNX graph) -> the quantisations the README recommends (GGUF: 8-bit and the default 4-bit type;
+# ONNX: fp32, int8 on the default fused graph and on optimum's)
+RECOMMENDED = {("gguf", None): ("q8_0", "q4_k_m"), ("onnx", "fused"): ("fp32", "int8"), ("onnx", "optimum"): ("fp32", "int8")}
 
 
-@pytest.mark.parametrize("fmt", sorted(RECOMMENDED))
-def test_recommended_exports_of_smollm2_pass_their_parity_gates(tmp_path, smollm2_gguf, fmt):
+@pytest.mark.parametrize("fmt,graph", sorted(RECOMMENDED, key=str))
+def test_recommended_exports_of_smollm2_pass_their_parity_gates(tmp_path, smollm2_gguf, fmt, graph):
     from edge_downscale.artifacts import verify_manifest
     from edge_downscale.cli import cli
     from edge_downscale.export.parity import DEFAULT_GATES
 
-    quants = RECOMMENDED[fmt]
+    quants = RECOMMENDED[fmt, graph]
     out = tmp_path / "out"
     res = CliRunner().invoke(cli, ["export", "smollm2-135m", "--format", fmt, "--quant", ",".join(quants),
-                                   "--out", str(out)])
+                                   "--out", str(out), *(["--onnx-graph", graph] if graph else [])])
     assert res.exit_code == 0, res.output  # a failed gate exits 2 with the gate's numbers
     assert "FAILED" not in res.output
     for q in quants:
@@ -37,6 +38,8 @@ def test_recommended_exports_of_smollm2_pass_their_parity_gates(tmp_path, smollm
 
         model = onnx.load(str(out / "onnx-int8" / "model.onnx"))
         nbits = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
-        assert len(nbits) == 30 * 7, len(nbits)  # every projection of the 30 blocks, down_proj included
+        # every projection of the 30 blocks, down_proj included (fused: packed QKV, and the LM head too)
+        assert len(nbits) == (30 * 5 + 1 if graph == "fused" else 30 * 7), len(nbits)
         assert {a.i for n in nbits for a in n.attribute if a.name == "bits"} == {8}
+        assert manifest["onnx_graph"] == graph
 

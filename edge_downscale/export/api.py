@@ -47,6 +47,41 @@ def source_directory(model: str | Path) -> Path:
     raise ExportError(f"{model}: an {ref.format} model cannot be re-exported; give its HF source directory")
 
 
+def _gguf_maker(src: Path, work: Path):
+    """GGUF: convert once to f32, then quantise each type from it."""
+    from .gguf import export_gguf, quantize_gguf
+
+    base = export_gguf(src, work / "model-f32.gguf", outtype="f32")
+
+    def make(quant: str, art: Path) -> None:
+        art.mkdir()
+        if quant == "f32":
+            shutil.copyfile(base, art / MODEL_FILES["gguf"])
+        else:
+            quantize_gguf(base, art / MODEL_FILES["gguf"], quant)
+    return make
+
+
+def _onnx_optimum_maker(src: Path, work: Path):
+    """ONNX, optimum's unfused graph: export fp32 once, then quantise it with onnxruntime."""
+    from .onnx import export_onnx, quantize_onnx
+
+    base = export_onnx(src, work / "onnx-fp32")
+    return lambda quant, art: shutil.copytree(base, art) if quant == "fp32" else quantize_onnx(base, art, quant)
+
+
+def _onnx_fused_maker(src: Path, work: Path):
+    """ONNX, onnxruntime-genai's fused graph: the builder writes (and quantises) each artifact from the source."""
+    from .onnx import export_onnx_fused
+
+    return lambda quant, art: export_onnx_fused(src, art, quant)
+
+
+# (format, ONNX graph) -> a function (source dir, work dir) -> make(quant, artifact dir)
+_MAKERS = {("gguf", None): _gguf_maker, ("onnx", "optimum"): _onnx_optimum_maker, ("onnx", "fused"): _onnx_fused_maker}
+ONNX_GRAPHS = ("fused", "optimum")
+
+
 def parse_quants(fmt: str, quants: Sequence[str] | str) -> list[str]:
     if fmt not in EXPORT_FORMATS:
         raise ConfigError(f"unknown format {fmt!r}; available: {', '.join(EXPORT_FORMATS)}")
@@ -63,6 +98,8 @@ def parse_quants(fmt: str, quants: Sequence[str] | str) -> list[str]:
 class ExportConfig(StageConfig):
     """Where and how to export: ``out_dir/<format>-<quant>/`` per quantisation in ``quants``.
 
+    ``onnx_graph`` (ONNX only): ``fused``, onnxruntime-genai's decoder graph (GroupQueryAttention,
+    fused rotary embeddings and norms, MatMulNBits weights), or ``optimum``, optimum-onnx's op-by-op graph.
     ``verify``: score every artifact against the torch source on ``max_bytes`` of ``domain``'s
     held-out text (the parity gate); ``allow_degraded`` keeps an artifact that misses its gate (the
     numbers are still recorded). ``overwrite`` replaces an existing ``out_dir``.
@@ -72,6 +109,7 @@ class ExportConfig(StageConfig):
     out_dir: str = ""
     format: str = "gguf"
     quants: tuple[str, ...] = ()
+    onnx_graph: str = "fused"
     verify: bool = True
     allow_degraded: bool = False
     domain: str = "docs"
@@ -82,6 +120,7 @@ class ExportConfig(StageConfig):
         check(isinstance(self.out_dir, (str, os.PathLike)) and str(self.out_dir) != "", "out_dir must be a directory path")
         self.out_dir = str(self.out_dir)
         self.quants = tuple(parse_quants(self.format, self.quants))
+        check(self.onnx_graph in ONNX_GRAPHS, f"unknown onnx_graph {self.onnx_graph!r}; available: {', '.join(ONNX_GRAPHS)}")
         for name in ("verify", "allow_degraded", "overwrite"):
             check(isinstance(getattr(self, name), bool), f"{name} must be true or false")
         check(isinstance(self.domain, str) and self.domain != "", "domain must be a demo domain or a corpus directory")
@@ -112,37 +151,17 @@ def export_model(model: str | Path, config: ExportConfig, *, log=print) -> list[
     if config.verify:
         texts, _ = heldout_texts(config.domain, EvalConfig(max_bytes=config.max_bytes))
         source = TorchBackend.from_ref(str(src), context_length=n_ctx)
-    model_name = MODEL_FILES[fmt]
     manifests = []
     with atomic_path(out_dir) as tmp:
         work = tmp / ".work"
         work.mkdir(parents=True)
         t0 = time.perf_counter()
-        if fmt == "gguf":
-            from .gguf import export_gguf, quantize_gguf
-
-            base = export_gguf(src, work / "model-f32.gguf", outtype="f32")
-        else:
-            from .onnx import export_onnx
-
-            base = export_onnx(src, work / "onnx-fp32")
-        log(f"exported {fmt} in {time.perf_counter() - t0:.1f} s")
+        make = _MAKERS[fmt, config.onnx_graph if fmt == "onnx" else None](src, work)
+        log(f"prepared the {fmt} export in {time.perf_counter() - t0:.1f} s")
         for q in config.quants:
             art = tmp / f"{fmt}-{q}"
             t0 = time.perf_counter()
-            if fmt == "gguf":
-                art.mkdir()
-                if q == "f32":
-                    shutil.copyfile(base, art / model_name)
-                else:
-                    quantize_gguf(base, art / model_name, q)
-            else:
-                from .onnx import quantize_onnx
-
-                if q == "fp32":
-                    shutil.copytree(base, art)
-                else:
-                    quantize_onnx(base, art, q)
+            make(q, art)
             seconds = time.perf_counter() - t0
             parity = None
             if config.verify:
@@ -152,6 +171,7 @@ def export_model(model: str | Path, config: ExportConfig, *, log=print) -> list[
                 parity = {**enforce(result, allow_degraded=config.allow_degraded).to_dict(), "domain": config.domain}
             manifests.append(write_manifest(
                 art, format=fmt, quant=q, source_dir=src, context_length=model_config.get("max_position_embeddings"),
-                tokenizer=_tokenizer_info(src), parity=parity, extra={"seconds": round(seconds, 2)}))
+                tokenizer=_tokenizer_info(src), parity=parity,
+                extra={"seconds": round(seconds, 2), **({"onnx_graph": config.onnx_graph} if fmt == "onnx" else {})}))
         shutil.rmtree(work)
     return manifests

@@ -26,7 +26,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import shutil
+import subprocess
+import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -100,6 +104,66 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, overwrite: bool =
     return out
 
 
+# onnxruntime-genai's model builder: which execution provider each quantisation is built for, and the
+# options (its --extra_options) that select our defaults. int4 keeps the LM head (the tied embedding, the
+# largest and most output-sensitive matrix) at 8 bits: ``matmul_mixed_precision=last_matmul:int8``.
+FUSED_PROVIDER = {"fp32": "cpu", "int8": "cpu", "int4": "cpu", "fp16": "cuda"}
+FUSED_OPTIONS: dict[str, dict[str, str]] = {
+    "fp32": {}, "fp16": {},
+    "int8": {"block_size": "32", "accuracy_level": "4"},
+    "int4": {"block_size": "32", "accuracy_level": "4", "matmul_mixed_precision": "last_matmul:int8",
+             "shared_embeddings": "false"},  # the builder cannot share an int8 head with an int4 embedding
+}
+
+
+def export_onnx_fused(model_dir: str | Path, out_dir: str | Path, quant: str = "fp32", *, overwrite: bool = False,
+                      options: dict[str, Any] | None = None) -> Path:
+    """Export an HF causal-LM directory to onnxruntime-genai's fused decoder graph; return ``out_dir``.
+
+    The graph (onnxruntime-genai's model builder) has GroupQueryAttention with rotary embeddings
+    inside, packed QKV, SkipSimplifiedLayerNormalization and, for int8/int4, MatMulNBits weights
+    quantised by the builder (``FUSED_OPTIONS``; ``options`` overrides them: the builder's
+    ``--extra_options``). Inputs and outputs are optimum's names (``input_ids``, ``attention_mask``,
+    ``past_key_values.{i}.key/value`` -> ``logits``, ``present.*``), so :class:`OnnxBackend` runs it
+    with plain onnxruntime; ``genai_config.json`` lets onnxruntime-genai run it too.
+    """
+    if quant not in FUSED_PROVIDER:
+        raise ExportError(f"unknown ONNX quantisation {quant!r}; available: {', '.join(FUSED_PROVIDER)}")
+    src, out = Path(model_dir), Path(out_dir)
+    _check_source(src)
+    _check_target(out, src, overwrite)
+    require("onnxruntime_genai", "export")
+    extra = {**FUSED_OPTIONS[quant], **{k: str(v) for k, v in (options or {}).items()}}
+    t0 = time.perf_counter()
+    with atomic_path(out) as tmp, tempfile.TemporaryDirectory(prefix="genai-builder-") as scratch:
+        tmp.mkdir()
+        cmd = [sys.executable, "-m", "edge_downscale.export._genai_builder", "-i", str(src), "-o", str(tmp),
+               "-p", quant, "-e", FUSED_PROVIDER[quant], "-c", scratch]
+        if extra:
+            cmd += ["--extra_options", *(f"{k}={v}" for k, v in extra.items())]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        log = Path(scratch) / "builder.log"
+        with log.open("w") as f:
+            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, check=False).returncode
+        if rc != 0 or not (tmp / MODEL_FILE).is_file():
+            tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            raise ExportError(f"onnxruntime-genai's model builder could not export {src} ({quant}): {tail[0]}")
+        export_seconds = time.perf_counter() - t0
+        for name in ("config.json", *TOKENIZER_FILES):  # the runtime reads the source's exact files
+            if (src / name).is_file():
+                shutil.copy2(src / name, tmp / name)
+        for name in SLOW_TOKENIZER_FILES:
+            (tmp / name).unlink(missing_ok=True)
+        _check_session(tmp / MODEL_FILE)
+        _write_info(tmp, {
+            "source": str(src.resolve()), "task": TASK, "format": "onnx", "quantization": quant, "graph": "fused",
+            "builder": "onnxruntime-genai", "execution_provider": FUSED_PROVIDER[quant], "builder_options": extra,
+            "opset": _opset(tmp / MODEL_FILE), "export_seconds": round(export_seconds, 3),
+            "model_bytes": onnx_bytes(tmp), "versions": library_versions(),
+        })
+    return out
+
+
 def _check_source(src: Path) -> None:
     if not src.is_dir():
         raise ExportError(f"{src} is not a directory: pass an HF model directory (config.json + *.safetensors)")
@@ -142,6 +206,21 @@ def _check_onnx(path: Path) -> None:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as e:  # onnx.checker.ValidationError, shape-inference errors
         raise ExportError(f"{path} fails onnx.checker (full_check): {e}") from e
+
+
+def _check_session(path: Path) -> None:
+    """A fused graph is checked by the one program that runs it: onnx.checker knows neither onnxruntime's
+    contrib ops in the default domain (SimplifiedLayerNormalization) nor a graph whose shared quantised
+    embedding is defined after its first use, both of which onnxruntime accepts."""
+    ort = require("onnxruntime", "export")
+    if not path.is_file():
+        raise ExportError(f"the exporter wrote no {path.name}; report this with the source model's config.json")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises Fail / InvalidGraph / NotImplemented
+        raise ExportError(f"{path} does not load in onnxruntime: {e}") from e
 
 
 # ------------------------------------------------------------------------------------- quantize

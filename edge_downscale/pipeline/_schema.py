@@ -18,7 +18,7 @@ from ..config import EvalConfig, StageConfig
 from ..data import SPLITS
 from ..data.prune.config import PruneRecipe
 from ..data.prune.steps import STEPS
-from ..export.api import EXPORT_FORMATS
+from ..export.api import EXPORT_FORMATS, ONNX_GRAPHS
 from ..runtime.router import ROUTERS
 from ..runtime.strategies import STRATEGIES
 from . import recipe as R
@@ -33,6 +33,7 @@ CHOICES: dict[tuple[type, str], Any] = {
     (R.RecoverSpec, "teacher"): R.KD_TEACHERS, (R.ExportSpec, "format"): tuple(EXPORT_FORMATS),
     (R.ExportSpec, "quants"): tuple(dict.fromkeys(q for qs in EXPORT_FORMATS.values() for q in qs)),
     (R.ExportSpec, "member_quant"): tuple(dict.fromkeys(q for qs in EXPORT_FORMATS.values() for q in qs)),
+    (R.ExportSpec, "onnx_graph"): ONNX_GRAPHS,
     (R.EnsembleRecipe, "strategy"): tuple(STRATEGIES), (R.EnsembleRecipe, "router_kind"): tuple(sorted(ROUTERS)),
     (TrainConfig, "train"): TRAIN_MODES, (TrainConfig, "precision"): PRECISIONS, (TrainConfig, "device"): DEVICES,
     (DistillConfig, "divergence"): DIVERGENCES, (DistillConfig, "curriculum"): CURRICULA,

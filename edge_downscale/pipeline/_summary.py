@@ -53,7 +53,8 @@ def summary(r) -> str:
         f"data      {_data(r)}",
         f"stages    {' -> '.join(r.stages)}",
         *(f"{s:<9} {_STAGE_LINES[s](r)}" for s in r.stages),
-        f"export    {x.format} {', '.join(x.quants)} (bundle: {x.bundle_quant}), parity on {x.max_bytes} bytes"
+        f"export    {x.format}{f' ({x.onnx_graph} graph)' if x.format == 'onnx' else ''} {', '.join(x.quants)} "
+        f"(bundle: {x.bundle_quant}), parity on {x.max_bytes} bytes"
         + (", degraded allowed" if x.allow_degraded else ""),
         f"ensemble  {e.strategy}" + (f", router {e.router_kind}" if e.strategy == "route" else "")
         + (f", memory budget {e.memory_budget_mb:g} MB" if e.memory_budget_mb else ""),

@@ -137,7 +137,8 @@ def make_plan(recipe: Recipe) -> list[Task]:
     for d in domains:
         exports[d] = add(Task("export", f"export {d} {e.format} {','.join(e.quants)}", d,
                               {"format": e.format, "quants": list(e.quants), "max_bytes": e.max_bytes,
-                               "allow_degraded": e.allow_degraded},
+                               "allow_degraded": e.allow_degraded,
+                               **({"onnx_graph": e.onnx_graph} if e.format == "onnx" else {})},
                               {"model": current[d], "data": corpora[d]}))
     ens = recipe.ensemble
     deps = {f"export:{d}": exports[d] for d in domains}

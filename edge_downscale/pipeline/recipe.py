@@ -20,7 +20,7 @@ from ..config import EvalConfig, check, check_int, is_number
 from ..data import DEMO_DOMAINS, CorpusConfig
 from ..data.prune.config import PruneRecipe
 from ..errors import ConfigError
-from ..export.api import EXPORT_FORMATS
+from ..export.api import EXPORT_FORMATS, ONNX_GRAPHS
 from ..runtime.router import ROUTERS
 from ..runtime.strategies import STRATEGIES
 from ._typed import PathError, Section, build, hints, plain, show
@@ -128,6 +128,7 @@ class ExportSpec(Section):
     stage: ClassVar[str] = "export"
     format: str = "gguf"  # gguf | onnx
     quants: tuple[str, ...] = ()  # quantisations of the format; [] = gguf q8_0, onnx int8
+    onnx_graph: str = "fused"  # onnx only: fused (onnxruntime-genai's builder) | optimum (op by op)
     member_quant: str | None = None  # the quant that goes into the bundle; null = the first of quants that passes its gate
     max_bytes: int = 6000  # held-out bytes the parity gate scores
     allow_degraded: bool = False  # keep an artifact that misses its parity gate
@@ -146,6 +147,7 @@ class ExportSpec(Section):
               f"member_quant must be one of quants ({', '.join(self.quants)}) or null, got {self.member_quant!r}")
         check_int(self, "max_bytes", 1)
         check(isinstance(self.allow_degraded, bool), "allow_degraded must be true or false")
+        check(self.onnx_graph in ONNX_GRAPHS, f"onnx_graph must be one of {', '.join(ONNX_GRAPHS)}, got {self.onnx_graph!r}")
 
     @property
     def bundle_quant(self) -> str:

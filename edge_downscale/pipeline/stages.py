@@ -86,7 +86,8 @@ def run_export(task: Task, target: Path, recipe: Recipe, progress: bool) -> dict
     # Every artifact is kept with its gate result; the bundle takes one that passed (see member_artifact).
     manifests = export_model(model_path(task.deps["model"]), ExportConfig(
         out_dir=str(target), format=p["format"], quants=tuple(p["quants"]), domain=str(task.deps["data"].output),
-        max_bytes=p["max_bytes"], allow_degraded=True), log=_quiet)
+        max_bytes=p["max_bytes"], allow_degraded=True, **({"onnx_graph": p["onnx_graph"]} if "onnx_graph" in p else {})),
+        log=_quiet)
     gates = {m["quantization"]: m.get("parity") or {} for m in manifests}
     if not p["allow_degraded"] and not any(g.get("passed") for g in gates.values()):
         raise ExportError("no quantisation passed its parity gate: " + "; ".join(
