@@ -16,8 +16,10 @@ from edge_downscale.cli import cli
 from edge_downscale.errors import BenchError, BundleError, ConfigError
 from edge_downscale.eval import bits_per_byte, build_items, score_items, write_eval_data, write_eval_file
 from edge_downscale.runtime import Ensemble, open_artifact
+from edge_downscale.runtime.roofline import memory_bandwidth, roofline_tok_s, weight_bytes_per_token
 
-FAST = dict(rounds=2, warmup=1, n_prompts=2, max_tokens=6, mc_items=3, max_bytes=1500, piece_chars=400)
+FAST = dict(rounds=2, warmup=1, n_prompts=2, max_tokens=6, mc_items=3, max_bytes=1500, piece_chars=400,
+            bandwidth_mib=64)
 
 
 def _chunks(text: str, size: int = 300) -> list[str]:
@@ -259,3 +261,144 @@ def test_without_matplotlib_the_report_says_so_and_skips_plots(report, tmp_path,
     assert "matplotlib is not installed" in capsys.readouterr().err
     assert "matplotlib is not installed" in (tmp_path / "r" / "report.md").read_text()
     assert not list((tmp_path / "r").glob("*.png")) and rep["bench"]["plots"] == []
+
+
+# --- roofline -------------------------------------------------------------------------------------
+
+def _write_gguf(path: Path, untied: bool) -> Path:
+    import gguf
+    import numpy as np
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_tensor("token_embd.weight", np.ones((32, 8), np.float32))  # 1024 bytes
+    if untied:
+        w.add_tensor("output.weight", np.ones((32, 8), np.float16))  # 512 bytes
+    q8 = gguf.quants.quantize(np.ones((8, 32), np.float32), gguf.GGMLQuantizationType.Q8_0)
+    w.add_tensor("blk.0.attn_q.weight", q8, raw_dtype=gguf.GGMLQuantizationType.Q8_0)  # 8 blocks x 34 = 272
+    w.add_tensor("output_norm.weight", np.ones(8, np.float32))  # 32 bytes
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_gguf_bytes_per_token_leave_out_only_an_untied_input_embedding(tmp_path):
+    assert weight_bytes_per_token(_write_gguf(tmp_path / "untied.gguf", untied=True)) == 512 + 272 + 32
+    (tmp_path / "tied").mkdir()  # an export directory; tied: token_embd is the LM head, read in full
+    _write_gguf(tmp_path / "tied" / "model.gguf", untied=False)
+    assert weight_bytes_per_token(tmp_path / "tied") == 1024 + 272 + 32
+
+
+def _onnx_lm(tied: bool):
+    """ids -> Gather(embed) -> MatMul(lm head) + bias -> logits; and a GatherBlockQuantized table on the side."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    embed = numpy_helper.from_array(np.ones((16, 4), np.float32), "embed")  # 256 bytes, gathered
+    bias = helper.make_tensor("bias", TensorProto.FLOAT, [16], [0.5] * 16)  # 64 bytes (typed field, no raw_data)
+    qtable = numpy_helper.from_array(np.ones((16, 2), np.uint8), "qtable")  # 32 bytes, gathered
+    scales = numpy_helper.from_array(np.ones((16, 1), np.float16), "scales")  # 32 bytes, gathered (input 2)
+    nodes = [helper.make_node("Gather", ["embed", "ids"], ["h"]),
+             helper.make_node("GatherBlockQuantized", ["qtable", "ids", "scales"], ["side"], domain="com.microsoft",
+                              block_size=16, bits=4),
+             helper.make_node("MatMul", ["h", "head"], ["mm"]), helper.make_node("Add", ["mm", "bias"], ["logits"])]
+    inits = [embed, bias, qtable, scales]
+    if tied:
+        nodes.insert(1, helper.make_node("Transpose", ["embed"], ["head"], perm=[1, 0]))
+    else:
+        inits.append(numpy_helper.from_array(np.ones((4, 16), np.float16), "head"))  # 128 bytes
+    graph = helper.make_graph(nodes, "lm", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 16]),
+                               helper.make_tensor_value_info("side", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+
+
+@pytest.mark.parametrize("tied, expected", [(False, 128 + 64), (True, 256 + 64)])
+def test_onnx_bytes_per_token_from_the_graph_and_external_data_entries(tmp_path, tied, expected):
+    onnx = pytest.importorskip("onnx")
+    inline = tmp_path / "inline"
+    inline.mkdir()
+    onnx.save_model(_onnx_lm(tied), str(inline / "model.onnx"))
+    assert weight_bytes_per_token(inline) == expected
+    for data_name in ("model.onnx.data", "model.onnx_data"):
+        out = tmp_path / data_name
+        out.mkdir()
+        onnx.save_model(_onnx_lm(tied), str(out / "model.onnx"), save_as_external_data=True,
+                        all_tensors_to_one_file=True, location=data_name, size_threshold=0)
+        model = onnx.load(str(out / "model.onnx"), load_external_data=False)
+        external = {t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL}
+        assert external == {t.name for t in model.graph.initializer} - {"bias"}  # the typed-field one stays inline
+        assert weight_bytes_per_token(out / "model.onnx") == expected
+        (out / data_name).unlink()  # the sizes come from the graph's entries: the weights are never read
+        assert weight_bytes_per_token(out) == expected
+
+
+def test_bytes_per_token_of_other_files_is_a_format_error_and_unknown_in_the_bench(tmp_path):
+    from edge_downscale.bench.targets import token_bytes
+    from edge_downscale.errors import ModelFormatError
+
+    other = tmp_path / "weights.bin"
+    other.write_bytes(b"\0" * 64)
+    with pytest.raises(ModelFormatError):
+        weight_bytes_per_token(other)
+    assert token_bytes(other) is None and token_bytes(tmp_path) is None  # a directory with no model file
+    cut = _write_gguf(tmp_path / "cut.gguf", untied=True)
+    cut.write_bytes(cut.read_bytes()[:200])  # inside the tensor table
+    assert token_bytes(cut) is None
+
+
+def test_memory_bandwidth_and_the_roofline():
+    for threads in (1, 2):
+        bw = memory_bandwidth(threads, mib=8, repeats=2)
+        assert math.isfinite(bw) and bw > 0
+    with pytest.raises(ConfigError):
+        memory_bandwidth(0)
+    assert roofline_tok_s(1_000, 2e9) == pytest.approx(2e6)
+    with pytest.raises(ConfigError):
+        roofline_tok_s(0, 2e9)
+
+
+def test_roofline_columns_per_configuration(report, bundle):
+    rep, out = report
+    bw = rep["device"]["bandwidth_gb_s"]
+    assert list(bw) == ["1"] and rep["device"]["roofline_threads"] == 1  # threads=1: one measurement
+    assert math.isfinite(bw["1"]) and bw["1"] > 0
+    members = {m: weight_bytes_per_token(bundle / "members" / m) for m in ("coder", "writer")}
+    assert members["coder"] != members["writer"] and all(b > 0 for b in members.values())  # f32 vs q8_0
+    recs = {r["name"]: r for r in rep["records"]}
+    assert recs["base"]["bytes_per_token"] == members["coder"]  # the coder's own GGUF
+    for name in ("coder", "writer"):
+        assert recs[f"bundle/{name}"]["bytes_per_token"] == members[name]
+    assert recs["bundle[vote]"]["bytes_per_token"] == sum(members.values())  # every member generates
+    for r in rep["records"]:
+        for m, raw in zip(r["per_round"], r["rounds"]):
+            if r["kind"] == "ensemble":  # the members that decoded this round's answer
+                assert m["bytes_per_token"] == sum(members[d] for d in raw["decoders"]), r["name"]
+            else:
+                assert raw["decoders"] is None and m["bytes_per_token"] == r["bytes_per_token"]
+            assert m["roofline_tok_s"] == pytest.approx(bw["1"] * 1e9 / m["bytes_per_token"])
+            if r["streams"]:
+                assert m["decode_share"] == pytest.approx(m["decode_tok_s"] / m["roofline_tok_s"])
+            else:
+                assert m["decode_share"] is None
+        assert r["roofline_tok_s"] > 0
+    assert len(recs["bundle[route]"]["rounds"][0]["decoders"]) == 1
+    assert set(recs["bundle[vote]"]["rounds"][0]["decoders"]) == set(members)
+    md = (out / "report.md").read_text()
+    head = next(line for line in md.splitlines() if line.startswith("| configuration"))
+    assert "| roofline tok/s |" in head and "| % of roofline |" in head
+    assert "Roofline (Williams" in md and "No roofline" not in md
+
+
+def test_roofline_columns_show_a_dash_when_unknown(report):
+    import copy
+
+    from edge_downscale.bench.report import table_rows
+
+    recs = copy.deepcopy(report[0]["records"][:2])
+    recs[1].update(bytes_per_token=None, roofline_tok_s=None, decode_share=None)
+    rows = table_rows(recs)
+    i, j = rows[0].index("roofline tok/s"), rows[0].index("% of roofline")
+    assert rows[1][i] != "-" and rows[1][j].endswith("%")
+    assert rows[2][i] == "-" and rows[2][j] == "-"

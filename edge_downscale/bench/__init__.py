@@ -8,7 +8,9 @@ Torch-free (imports only the base modules, the runtime and eval)::
 Per configuration (each member alone, the bundle under each strategy it supports, each baseline and
 model): held-out bits-per-byte and multiple-choice accuracy per domain, TTFT, prefill / decode
 tokens/s, inter-token latency p50/p95, joules per token with its source, peak RSS, VRAM and file size,
-each also as a ratio to the first baseline.
+each also as a ratio to the first baseline; and the memory roofline of decoding (the weight bytes read
+per token over the bandwidth the run measures, :mod:`edge_downscale.runtime.roofline`) with the share
+of it decode reached.
 
 **Why one process per configuration** (:mod:`.worker`): peak RSS only grows within a process, so in a
 single process the second configuration's peak would include the first's (and freed llama.cpp

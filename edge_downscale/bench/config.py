@@ -23,7 +23,8 @@ class BenchConfig(StageConfig):
     ``piece_chars`` characters (each scored in one window from BOS, by every configuration alike), and
     the first ``mc_items`` multiple-choice items per domain. ``threads``: backend threads (llama.cpp
     ``n_threads``, onnxruntime intra-op), None = the backend's default. ``timeout_s``: the longest a
-    worker may take for one request before the run is abandoned.
+    worker may take for one request before the run is abandoned. ``bandwidth_mib``: the working set of
+    the memory-bandwidth measurement behind the roofline column (several times the last-level cache).
     """
 
     stage: ClassVar[str] = "bench"
@@ -37,6 +38,7 @@ class BenchConfig(StageConfig):
     mc_items: int = 40
     threads: int | None = None
     timeout_s: float = 900.0
+    bandwidth_mib: int = 256
     plots: bool = True
     overwrite: bool = False
     profile: str = "full"  # "quick" from quick(): which profile the figures come from
@@ -52,6 +54,7 @@ class BenchConfig(StageConfig):
         check_int(self, "mc_items", 0)
         if self.threads is not None:
             check_int(self, "threads", 1)
+        check_int(self, "bandwidth_mib", 1)
         check(is_number(self.timeout_s) and self.timeout_s > 0, f"timeout_s must be > 0, got {self.timeout_s!r}")
         for name in ("plots", "overwrite"):
             check(isinstance(getattr(self, name), bool), f"{name} must be true or false")

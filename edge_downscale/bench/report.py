@@ -32,18 +32,23 @@ def _pair(a: float | None, b: float | None) -> str:
     return "-" if a is None else f"{a:.1f} / {_f(b, 1)}"
 
 
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.0f}%"
+
+
 def table_rows(records: Sequence[dict[str, Any]]) -> list[list[str]]:
     """The main table: one row per configuration."""
     domains = list(records[0]["domains"]) if records else []
     head = (["configuration", "kind", "MB", "bpb mixed"] + [f"bpb {d}" for d in domains]
-            + ["MC acc", "TTFT ms", "prefill tok/s", "decode tok/s", "ITL p50/p95 ms", "tok/s e2e", "J/token",
-               "energy", "peak RSS MB", "VRAM MB"])
+            + ["MC acc", "TTFT ms", "prefill tok/s", "decode tok/s", "roofline tok/s", "% of roofline",
+               "ITL p50/p95 ms", "tok/s e2e", "J/token", "energy", "peak RSS MB", "VRAM MB"])
     rows = [head]
     for r in records:
         rows.append([r["name"], r["kind"], _f(r["size_mb"], 1), _f(r["bpb_mixed"])]
                     + [_f(r["domains"][d]["bpb"]) for d in domains]
                     + [_f(r["mc_acc_mixed"]), _f(r["ttft_s"] and r["ttft_s"] * 1e3, 1), _f(r["prefill_tok_s"], 1),
-                       _f(r["decode_tok_s"], 1), _pair(r["itl_p50_ms"], r["itl_p95_ms"]), _f(r["throughput_tok_s"], 1),
+                       _f(r["decode_tok_s"], 1), _f(r.get("roofline_tok_s"), 1), _pct(r.get("decode_share")),
+                       _pair(r["itl_p50_ms"], r["itl_p95_ms"]), _f(r["throughput_tok_s"], 1),
                        _f(r["j_per_token"], 4), r["energy_source"] or "-", _f(r["peak_rss_mb"], 0),
                        _f(r["vram_peak_mb"], 0)])
     return rows
@@ -83,6 +88,7 @@ def notes(report: dict[str, Any], plots_note: str | None) -> list[str]:
         "'estimated' = CPU seconds x assumed watts) / answer tokens; usage_j_per_token in report.json is the "
         "runtime's own Usage.joules (generation only, summed over the members that ran).",
     ]
+    out += roofline_notes(report)
     if any(not r["streams"] for r in records):
         out.append("Cascade and vote answer only when finished: their TTFT is their latency and prefill, decode "
                    "and ITL are not defined (-); compare them by tok/s e2e and J/token.")
@@ -100,6 +106,30 @@ def notes(report: dict[str, Any], plots_note: str | None) -> list[str]:
         out.append("--quick profile: few rounds and little data; orientation only.")
     if plots_note:
         out.append(plots_note)
+    return out
+
+
+def roofline_notes(report: dict[str, Any]) -> list[str]:
+    """How the roofline columns were computed, and which configurations have none."""
+    device = report.get("device") or {}
+    bw = device.get("bandwidth_gb_s") or {}
+    n = str(device.get("roofline_threads"))
+    if n not in bw:
+        return []
+    measured = ", ".join(f"{k} thread{'s' if k != '1' else ''}: {_f(v, 1)} GB/s" for k, v in bw.items())
+    out = [f"Roofline (Williams, Waterman & Patterson 2009): decoding one token reads every weight once, so decode "
+           f"tok/s <= memory bandwidth / weight bytes per token. Bandwidth measured by this run before any model "
+           f"loaded ({measured}; {device.get('bandwidth_method', '')}); the ceiling uses {n} thread"
+           f"{'s' if n != '1' else ''}. Weight bytes per token: every weight tensor but an input embedding only "
+           "gathered (a tied embedding is the LM head and counts), summed over the models that decoded: the routed "
+           "member for route, the mixed members for mixture, every member that generated for vote and cascade. "
+           "KV cache and activations are not counted, so the ceiling is optimistic. Roofline tok/s and % of roofline "
+           "(decode tok/s / the ceiling, round by round) are medians over the rounds."]
+    unknown = [r["name"] for r in report["records"] if r.get("bytes_per_token") is None]
+    if unknown:
+        out.append(f"No roofline for {', '.join(unknown)}: the bytes its weights read per token could not be told "
+                   "(not a GGUF or ONNX export, or an ONNX export without the onnx package: pip install "
+                   "'edge-downscale[export]').")
     return out
 
 

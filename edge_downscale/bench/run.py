@@ -4,7 +4,8 @@ Order of work: plan the configurations and verify every bundle (:mod:`.targets`)
 data, cut it into pieces that fit every model's window, start the workers (all at once, each loads
 its configuration), score the pieces and the multiple-choice items on each configuration, then run
 ``warmup`` + ``rounds`` rounds of one greedy request per configuration (the order rotated by one
-each round) and finally collect each worker's peak memory. Only one request runs at a time.
+each round) and finally collect each worker's peak memory. Only one request runs at a time. The
+memory bandwidth behind the roofline column is measured first, before any model is resident.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Any, Sequence
 
 from ..errors import BenchError
 from ..eval import MCItem
+from ..runtime.roofline import memory_bandwidth
 from .config import BenchConfig
 from .report import check_out, write_report
 from .summary import add_ratios, record
@@ -28,6 +30,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the directory holding edge
 
 DEFAULT_OUT = "bench-report"
 MAX_SPLITS = 8  # rounds of halving pieces that do not fit some model's window
+BANDWIDTH_REPEATS = 5  # passes of the bandwidth measurement: the best counts
 _SPACE = re.compile(r"\s")
 
 
@@ -74,6 +77,22 @@ def make_prompts(data: dict[str, tuple[Sequence[str], Sequence[MCItem]]], config
                 prompts.append({"domain": d, "text": text[:_cut(text, config.prompt_chars)]})
         i += 1
     return prompts
+
+
+def device_bandwidth(threads: int | None, mib: int) -> dict[int, float | None]:
+    """{threads: read bandwidth in bytes/s} measured now with one thread and with ``threads`` (None: one per CPU).
+
+    The roofline uses the second: with ``--threads`` the backends run that many threads; without, they
+    pick their own (llama.cpp half the CPUs, onnxruntime the physical cores), never more than one per
+    CPU, so every CPU reading at once gives the device's ceiling. None where the memory ran out.
+    """
+    out: dict[int, float | None] = {}
+    for n in sorted({1, threads or os.cpu_count() or 1}):
+        try:
+            out[n] = memory_bandwidth(n, mib=mib, repeats=BANDWIDTH_REPEATS)
+        except MemoryError:
+            out[n] = None
+    return out
 
 
 def _start_worker(config: Configuration) -> tuple[Duplex, subprocess.Popen]:
@@ -194,6 +213,8 @@ def run_bench(targets: Sequence[str | os.PathLike], config: BenchConfig | None =
     names = [c.name for c in configs]
     singles = [c.name for c in configs if c.kind != "ensemble"]
     steps = len(configs) * (2 + config.warmup + config.rounds)
+    bandwidth = device_bandwidth(config.threads, config.bandwidth_mib)  # before the workers: nothing else runs
+    roofline_threads = max(bandwidth)
     with _bar(steps, progress) as bar, Workers(configs, config.timeout_s) as pool:
         bar.set_postfix_str("loading")
         bar.update(len(configs))
@@ -215,7 +236,8 @@ def run_bench(targets: Sequence[str | os.PathLike], config: BenchConfig | None =
                 bar.update(1)
         memory = {name: pool.call(name, "memory") for name in names}
         started = pool.started
-    records = [record(c, quality[c.name], rounds[c.name], memory[c.name], started[c.name]) for c in configs]
+    records = [record(c, quality[c.name], rounds[c.name], memory[c.name], started[c.name], bandwidth[roofline_threads])
+               for c in configs]
     reference = next((c.name for c in configs if c.kind == "baseline"), configs[0].name)
     add_ratios(records, reference)
     report = {
@@ -226,6 +248,10 @@ def run_bench(targets: Sequence[str | os.PathLike], config: BenchConfig | None =
                                                                   "bytes": sum(len(p.encode("utf-8")) for p in pieces[d]),
                                                                   "mc_items": len(items[d])} for d in data}},
                   "prompts": prompts, "skipped": skipped, "seconds": time.perf_counter() - t_start},
+        "device": {"bandwidth_gb_s": {str(n): bw and bw / 1e9 for n, bw in bandwidth.items()},
+                   "roofline_threads": roofline_threads, "bandwidth_mib": config.bandwidth_mib,
+                   "bandwidth_method": f"best of {BANDWIDTH_REPEATS} passes of numpy int64 sums, one array per "
+                                       f"thread ({config.bandwidth_mib} MiB in all), the threads released at once"},
         "records": records,
     }
     report["bench"]["notes"] = write_report(out, report)

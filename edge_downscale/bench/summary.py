@@ -3,7 +3,11 @@
 Quality: bits-per-byte per domain and mixed (total nats / total bytes over the domains), multiple-choice
 accuracy per domain and mixed (correct / items). Speed (medians over the timed rounds): TTFT, prefill
 and decode tokens/s, end-to-end answer tokens/s, inter-token latency p50/p95 (all gaps pooled).
-Energy: joules per answer token over all rounds. Ratios: a per-round figure (TTFT, tokens/s, J/token)
+Energy: joules per answer token over all rounds. Roofline (per round, then the median): the weight
+bytes read per decoded token, summed over the models that decoded that round's answer (a single
+model; route's routed member; mixture's mixed members; every vote candidate's and cascade level's
+author), the memory-bound ceiling ``bandwidth / bytes`` and ``decode_share`` = decode tokens/s over
+that ceiling (:mod:`edge_downscale.runtime.roofline`). Ratios: a per-round figure (TTFT, tokens/s, J/token)
 is the median of its per-round ratios to the reference in the same round (the pair ran back to back,
 so slow drifts of the machine cancel); any other figure is a plain ratio.
 """
@@ -13,6 +17,7 @@ import math
 import statistics
 from typing import Any, Sequence
 
+from ..runtime.roofline import roofline_tok_s
 from .targets import Configuration
 
 MB = 2**20
@@ -59,6 +64,19 @@ def round_metrics(r: dict[str, Any], streams: bool) -> dict[str, float | None]:
     }
 
 
+def round_bytes(r: dict[str, Any], weight_bytes: dict[str, int | None]) -> int | None:
+    """Weight bytes per token of one round: summed over the models that decoded it (None if one is unknown)."""
+    sizes = [weight_bytes.get(n) for n in (r.get("decoders") or list(weight_bytes))]
+    return sum(sizes) if sizes and None not in sizes else None
+
+
+def roofline_metrics(decode_tok_s: float | None, bytes_per_token: int | None,
+                     bandwidth: float | None) -> dict[str, float | None]:
+    """The round's memory-bound ceiling (tokens/s) and the share of it its decode speed reached."""
+    roof = roofline_tok_s(bytes_per_token, bandwidth) if bytes_per_token and bandwidth else None
+    return {"bytes_per_token": bytes_per_token, "roofline_tok_s": roof, "decode_share": _ratio(decode_tok_s, roof)}
+
+
 def quality_summary(quality: dict[str, dict[str, Any]]) -> dict[str, Any]:
     domains = {}
     for d, q in quality.items():
@@ -73,9 +91,13 @@ def quality_summary(quality: dict[str, dict[str, Any]]) -> dict[str, Any]:
             "quality_fallbacks": sum(q["fallbacks"] for q in quality.values())}
 
 
-def record(config: Configuration, quality: dict, rounds: list[dict], memory: dict, started: dict) -> dict[str, Any]:
-    """One configuration's record (the raw rounds kept under ``rounds``)."""
+def record(config: Configuration, quality: dict, rounds: list[dict], memory: dict, started: dict,
+           bandwidth: float | None = None) -> dict[str, Any]:
+    """One configuration's record (the raw rounds kept under ``rounds``); ``bandwidth``: bytes/s of the roofline."""
     per_round = [round_metrics(r, config.streams) for r in rounds]
+    for m, r in zip(per_round, rounds):
+        m.update(roofline_metrics(m["decode_tok_s"], round_bytes(r, config.weight_bytes), bandwidth))
+    bytes_per_token = _median([m["bytes_per_token"] for m in per_round])
     gaps_ms = [g * 1e3 for r in rounds for g in r["gaps_s"]] if config.streams else []
     joules = [r["joules"] for r in rounds]
     tokens = sum(r["answer_tokens"] for r in rounds)
@@ -86,6 +108,8 @@ def record(config: Configuration, quality: dict, rounds: list[dict], memory: dic
         **quality_summary(quality),
         **{k: _median([m[k] for m in per_round]) for k in PER_ROUND if k != "j_per_token"},
         "itl_p50_ms": percentile(gaps_ms, 0.5), "itl_p95_ms": percentile(gaps_ms, 0.95),
+        "bytes_per_token": None if bytes_per_token is None else round(bytes_per_token),
+        **{k: _median([m[k] for m in per_round]) for k in ("roofline_tok_s", "decode_share")},
         "j_per_token": sum(joules) / tokens if tokens and None not in joules else None,
         "usage_j_per_token": sum(usage_joules) / tokens if tokens and None not in usage_joules else None,
         "energy_source": "+".join(sources) or None,

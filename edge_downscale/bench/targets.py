@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from ..artifacts import MANIFEST, verify_manifest
-from ..errors import BenchError, BundleError, ConfigError, ExportError
+from ..errors import BenchError, BundleError, ConfigError, EdgeDownscaleError, ExportError
 from ..eval import EVAL_DIR, MCItem, read_eval_data, read_eval_file
 from ..runtime import ENSEMBLE_FILE, Backend, Ensemble, backend_class, open_artifact
+from ..runtime.roofline import weight_bytes_per_token
 from ..runtime.strategies import KINDS, STRATEGIES
 
 EvalData = Mapping[str, tuple[Sequence[str], Sequence[MCItem]]]
@@ -26,7 +27,9 @@ EvalData = Mapping[str, tuple[Sequence[str], Sequence[MCItem]]]
 
 @dataclasses.dataclass
 class Configuration:
-    """One row of the report. ``path``: the bundle directory or the model path."""
+    """One row of the report. ``path``: the bundle directory or the model path. ``weight_bytes``: the bytes
+    of weights one decoded token reads, per model it can run (a member's name; a single model's own
+    configuration name), None where unknown."""
 
     name: str
     kind: str  # "member" | "ensemble" | "baseline" | "model"
@@ -37,6 +40,7 @@ class Configuration:
     members: list = dataclasses.field(default_factory=list)
     size_bytes: int = 0
     threads: int | None = None
+    weight_bytes: dict = dataclasses.field(default_factory=dict)
 
     @property
     def streams(self) -> bool:
@@ -124,6 +128,15 @@ def artifact_bytes(path: str | os.PathLike) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def token_bytes(path: str | os.PathLike) -> int | None:
+    """:func:`~edge_downscale.runtime.roofline.weight_bytes_per_token` of a model, None when it cannot be told
+    (another format, the onnx package missing for an ONNX export, an unreadable file)."""
+    try:
+        return weight_bytes_per_token(path)
+    except (EdgeDownscaleError, OSError):
+        return None
+
+
 def open_model(path: str | os.PathLike, threads: int | None = None) -> Backend:
     """A backend for a GGUF file or an export directory (checked against its manifest when it has one)."""
     path = Path(path)
@@ -166,27 +179,31 @@ def plan_configurations(targets: Sequence[str | os.PathLike], baselines: Sequenc
         path = Path(path)
         if not path.exists():
             raise BenchError(f"baseline {str(path)!r}: no such file or directory")
-        configs.append(Configuration(_unique(label or _model_label(path), taken), "baseline", str(path),
-                                     size_bytes=artifact_bytes(path), threads=threads))
+        name = _unique(label or _model_label(path), taken)
+        configs.append(Configuration(name, "baseline", str(path), size_bytes=artifact_bytes(path), threads=threads,
+                                     weight_bytes={name: token_bytes(path)}))
     for target in targets:
         path = Path(target)
         if not path.exists():
             raise BenchError(f"{path}: no such bundle or model (pass a bundle directory, a .gguf file or an export directory)")
         if not (path / ENSEMBLE_FILE).is_file():
-            configs.append(Configuration(_unique(_model_label(path), taken), "model", str(path),
-                                         size_bytes=artifact_bytes(path), threads=threads))
+            name = _unique(_model_label(path), taken)
+            configs.append(Configuration(name, "model", str(path), size_bytes=artifact_bytes(path), threads=threads,
+                                         weight_bytes={name: token_bytes(path)}))
             continue
         ens = bundles[str(path)] = load_bundle(path)
         label = path.resolve().name
         sizes = {m.name: sum(int(f["bytes"]) for f in m.manifest["files"].values()) for m in ens.members.values()}
+        per_token = {m.name: token_bytes(m.dir) for m in ens.members.values()}
         for m in ens.members.values():
             configs.append(Configuration(_unique(f"{label}/{m.name}", taken), "member", str(path), member=m.name,
-                                         members=[m.name], size_bytes=sizes[m.name], threads=threads))
+                                         members=[m.name], size_bytes=sizes[m.name], threads=threads,
+                                         weight_bytes={m.name: per_token[m.name]}))
         plan, why_not = strategy_plan(ens)
         for strategy, options in plan.items():
             configs.append(Configuration(_unique(f"{label}[{strategy}]", taken), "ensemble", str(path),
                                          strategy=strategy, strategy_options=options, members=list(ens.members),
-                                         size_bytes=sum(sizes.values()), threads=threads))
+                                         size_bytes=sum(sizes.values()), threads=threads, weight_bytes=dict(per_token)))
         skipped += [{"bundle": label, "strategy": s, "reason": r} for s, r in why_not.items()]
     if not configs:
         raise BenchError("nothing to measure: pass at least one bundle or model")

@@ -113,7 +113,7 @@ class BackendSubject:
         for chunk in self.backend.generate(prompt, cfg, stream=True):
             final = chunk.final
             yield chunk.text, None if final is None else {"usage": final.usage, "answer_tokens": len(final.tokens),
-                                                          "fallbacks": 0}
+                                                          "fallbacks": 0, "decoders": None}
 
     def close(self) -> None:
         self.backend.close()
@@ -149,11 +149,21 @@ class EnsembleSubject:
         with self.ens.use(resp.members[0]) as b:  # cascade / vote: usage sums every member that ran
             return len(b.tokenize(resp.text)) if resp.text else 0
 
+    def _decoders(self, resp) -> list[str]:
+        """The members that decoded tokens for this answer: route's answering member and mixture's mixed members
+        (``resp.members``), every vote candidate's author, every cascade level that ran (not only the winner)."""
+        if self.strategy == "vote":
+            return list(resp.details.get("candidates") or resp.members)
+        if self.strategy == "cascade":
+            return [r["member"] for r in resp.details.get("levels", []) if "confidence" in r] or list(resp.members)
+        return list(resp.members)
+
     def stream(self, prompt: str, cfg: GenerationConfig) -> Iterator[tuple[str, dict | None]]:
         for chunk in self.ens.generate(prompt, cfg, stream=True):
             final = chunk.final
             yield ("" if chunk.restart else chunk.text), None if final is None else {
-                "usage": final.usage, "answer_tokens": self._answer_tokens(final), "fallbacks": len(final.fallbacks)}
+                "usage": final.usage, "answer_tokens": self._answer_tokens(final), "fallbacks": len(final.fallbacks),
+                "decoders": self._decoders(final)}
 
     def close(self) -> None:
         self.ens.close()
@@ -185,7 +195,8 @@ def generate(subject, vram: VramProbe, prompt: str, max_tokens: int) -> dict[str
             "usage_tokens_per_s": u.tokens_per_s, "prompt_tokens": u.prompt_tokens,
             "truncated_tokens": u.truncated_tokens, "answer_tokens": final["answer_tokens"],
             "gaps_s": [b - a for a, b in zip(arrivals, arrivals[1:])], "joules": measurement.joules,
-            "energy_source": measurement.source, "usage_joules": u.joules, "fallbacks": final["fallbacks"]}
+            "energy_source": measurement.source, "usage_joules": u.joules, "fallbacks": final["fallbacks"],
+            "decoders": final["decoders"]}
 
 
 def quality(subject, vram: VramProbe, data: dict[str, tuple[list[str], list]]) -> dict[str, Any]:

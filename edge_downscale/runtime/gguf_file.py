@@ -107,3 +107,14 @@ def _field_value(field) -> Any:
         return [np.asarray(field.parts[i]).item() for i in field.data]
     value = np.asarray(field.parts[field.data[0]])
     return value.item() if value.size == 1 else value.tolist()
+
+
+def tensor_bytes(path: str | Path) -> dict[str, int]:
+    """{tensor name: bytes of its data} of a GGUF file (quantised blocks included), from its header alone."""
+    check_gguf(path, parse=False)  # magic and version first: gguf-py's errors on other files are obscure
+    gguf = require("gguf", "llama")
+    try:
+        reader = gguf.GGUFReader(str(path), "r")
+    except Exception as e:  # gguf-py raises assorted errors on damaged files
+        raise ModelFormatError(f"{path}: truncated or corrupt GGUF ({type(e).__name__}: {e})") from None
+    return {str(t.name): int(t.n_bytes) for t in reader.tensors}
