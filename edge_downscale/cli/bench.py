@@ -54,10 +54,16 @@ def resolve_baseline(ref: str) -> str | tuple[str, str]:
 @config_option(_BENCH, "threads", type=int, show_default=False, help="Backend threads (default: the backend's).")
 @config_option(_BENCH, "timeout_s", type=float, help="Longest wait for one request of one configuration.")
 @config_option(_BENCH, "overwrite", is_flag=True, show_default=False, help="Replace a non-empty --out.")
+@click.option("--tune", is_flag=True,
+              help="First tune the llama.cpp settings (threads, batch sizes, flash attention, mmap) of every "
+                   "llama.cpp member of each BUNDLE on this device, over min(--rounds, 3) interleaved rounds of "
+                   "--max-tokens greedy tokens, and write the fastest into its ensemble.json; the bench then "
+                   "measures them. Every target must be a bundle. With --threads, n_threads stays at that value. "
+                   "Writes tune.json into --out.")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
-def bench_cmd(ctx, targets, baselines, eval_data, out, quick, no_plots, quiet, **kw):
+def bench_cmd(ctx, targets, baselines, eval_data, out, quick, tune, no_plots, quiet, **kw):
     """Measure each BUNDLE's members alone and under each strategy it supports, each baseline and each
     model, side by side and interleaved: bits-per-byte and multiple-choice accuracy on held-out data,
     TTFT, tokens/s, inter-token latency, peak RSS / VRAM, joules per token, file size.
@@ -77,6 +83,31 @@ def bench_cmd(ctx, targets, baselines, eval_data, out, quick, no_plots, quiet, *
         given["plots"] = False
     config = BenchConfig.quick(**given) if quick else BenchConfig.from_dict({**BenchConfig().to_dict(), **given})
     resolved = [resolve_baseline(b) for b in baselines]
+    tunings = _tune(targets, config, out, quiet) if tune else None
     report = run_bench(list(targets), config, baselines=resolved, eval_data=eval_data, out=out, progress=not quiet)
     click.echo(markdown_table(table_rows(report["records"])))
     click.echo(f"wrote {Path(out) / 'report.md'} and report.json (reference: {report['bench']['reference']})", err=True)
+    if tunings is not None:
+        from .._io import write_result
+
+        write_result(Path(out) / "tune.json", {"bundles": [t.to_dict() for t in tunings]})
+        click.echo(f"wrote {Path(out) / 'tune.json'}", err=True)
+
+
+def _tune(targets, config, out, quiet) -> list:
+    """Tune every target bundle's llama.cpp members and write their options; print the table."""
+    from ..bench.report import check_out
+    from ..eval import markdown_table
+    from ..runtime.tune import table_rows, tunable_members, tune_bundle
+
+    for target in targets:  # every target a bundle with a llama.cpp member, before anything is measured
+        tunable_members(target)
+    check_out(Path(out), config.overwrite)  # the bench would refuse --out only after the tuning
+    progress = None if quiet else (lambda m: click.echo(f"tune {m}", err=True))
+    fixed = {"n_threads": config.threads} if config.threads is not None else {}
+    tunings = [tune_bundle(t, fixed=fixed, n_new=config.max_tokens, rounds=min(config.rounds, 3), progress=progress)
+               for t in targets]
+    click.echo(markdown_table(table_rows(tunings)))
+    for t in tunings:
+        click.echo(f"wrote the tuned settings into {t.written}", err=True)
+    return tunings

@@ -1,34 +1,87 @@
-"""llama.cpp backend (GGUF) through llama-cpp-python. CPU threads and GPU offload configurable."""
+"""llama.cpp backend (GGUF) through llama-cpp-python: threads, batch sizes, flash attention, mmap, GPU offload.
+
+Every setting not given falls back to :data:`DEFAULTS`; ``edge-downscale bench --tune``
+(:mod:`~edge_downscale.runtime.tune`) measures the tunable ones on a device and writes the best into a
+bundle's member options, which reach this constructor as keyword arguments.
+"""
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Generator, Sequence
+from typing import Any, Generator, Sequence
 
 import numpy as np
 
-from ..errors import require
+from ..config import is_int
+from ..errors import ConfigError, require
 from .gguf_file import check_gguf
 from .generation import ContextOverflowError
 from .base import END_OF_TURN_TEXTS, Backend, log_softmax_gather
+
+
+# The settings a backend gets when neither the caller nor a bundle member's options give them: the
+# one place to change a default. None threads: one per CPU (os.cpu_count()).
+DEFAULTS: dict[str, Any] = {
+    "n_ctx": 2048,
+    "n_threads": None,  # decode threads
+    "n_threads_batch": None,  # prompt (batch) threads
+    "n_batch": 512,  # logical batch: prompt tokens per llama_decode call (capped at n_ctx)
+    "n_ubatch": 512,  # physical batch: tokens per compute graph (capped at n_batch)
+    "flash_attn": False,
+    "use_mmap": True,  # map the file instead of reading it into memory
+    "n_gpu_layers": 0,  # -1: all
+    "seed": 0,
+}
+_POSITIVE = ("n_ctx", "n_threads", "n_threads_batch", "n_batch", "n_ubatch")
+_FLAGS = ("flash_attn", "use_mmap")
+
+
+def resolve_settings(**given: Any) -> dict[str, Any]:
+    """``given`` (None = not given) over :data:`DEFAULTS`, validated, as llama.cpp receives them.
+
+    Threads left at None become one per CPU; ``n_batch`` is capped at ``n_ctx`` and ``n_ubatch`` at
+    ``n_batch`` (as llama-cpp-python does).
+    """
+    unknown = sorted(set(given) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown llama.cpp setting(s) {', '.join(unknown)}; valid: {', '.join(DEFAULTS)}")
+    s = {k: given[k] if given.get(k) is not None else v for k, v in DEFAULTS.items()}
+    for k in ("n_threads", "n_threads_batch"):
+        s[k] = s[k] if s[k] is not None else (os.cpu_count() or 1)
+    for k in _POSITIVE:
+        if not (is_int(s[k]) and s[k] >= 1):
+            raise ConfigError(f"llama.cpp {k} must be an integer >= 1, got {s[k]!r}")
+    for k in _FLAGS:
+        if not isinstance(s[k], bool):
+            raise ConfigError(f"llama.cpp {k} must be true or false, got {s[k]!r}")
+    if not (is_int(s["n_gpu_layers"]) and s["n_gpu_layers"] >= -1):
+        raise ConfigError(f"llama.cpp n_gpu_layers must be an integer >= -1 (-1: all), got {s['n_gpu_layers']!r}")
+    if not is_int(s["seed"]):
+        raise ConfigError(f"llama.cpp seed must be an integer, got {s['seed']!r}")
+    s["n_batch"] = min(s["n_batch"], s["n_ctx"])
+    s["n_ubatch"] = min(s["n_ubatch"], s["n_batch"])
+    return s
 
 
 class LlamaCppBackend(Backend):
     name = "llamacpp"
     capabilities = frozenset({"logprobs", "logits", "generate", "streaming", "chat", "gpu"})
 
-    def __init__(self, model_path: str | Path, *, n_ctx: int = 2048, n_threads: int | None = None,
-                 n_gpu_layers: int = 0, n_batch: int = 512, seed: int = 0):
+    def __init__(self, model_path: str | Path, *, n_ctx: int | None = None, n_threads: int | None = None,
+                 n_threads_batch: int | None = None, n_gpu_layers: int | None = None, n_batch: int | None = None,
+                 n_ubatch: int | None = None, flash_attn: bool | None = None, use_mmap: bool | None = None,
+                 seed: int | None = None):
+        """Load ``model_path``; a setting left at None comes from :data:`DEFAULTS`."""
+        settings = resolve_settings(n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads_batch,
+                                    n_gpu_layers=n_gpu_layers, n_batch=n_batch, n_ubatch=n_ubatch,
+                                    flash_attn=flash_attn, use_mmap=use_mmap, seed=seed)
         # Validate in Python first: llama.cpp aborts or hangs on a damaged file.
         check_gguf(model_path, parse=True)
         llama_cpp = require("llama_cpp", "llama")
         self.model_path = Path(model_path)
-        self._llm = llama_cpp.Llama(
-            model_path=str(model_path), n_ctx=n_ctx, n_batch=min(n_batch, n_ctx),
-            n_threads=n_threads or os.cpu_count(), n_gpu_layers=n_gpu_layers,
-            logits_all=True, seed=seed, verbose=False,
-        )
-        self.context_length = n_ctx
+        self.settings = settings  # what llama.cpp was given
+        self._llm = llama_cpp.Llama(model_path=str(model_path), **settings, logits_all=True, verbose=False)
+        self.context_length = settings["n_ctx"]
 
     def tokenize(self, text: str, *, special: bool = False) -> list[int]:
         return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
