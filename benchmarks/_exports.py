@@ -29,6 +29,7 @@ def cached_exports(model: str, fmt: str, quants: Sequence[str] | str, *, verify:
     from edge_downscale.export import ExportConfig, export_model, source_directory
     from edge_downscale.export.api import parse_quants
     from edge_downscale.export.manifest import source_hash
+    from edge_downscale.export.onnx import FUSED_OPTIONS
 
     names = parse_quants(fmt, quants)
     src = source_directory(model)
@@ -41,7 +42,9 @@ def cached_exports(model: str, fmt: str, quants: Sequence[str] | str, *, verify:
         art = root / f"{prefix}-{q}"
         manifest = art / "model.json"
         info = json.loads(manifest.read_text()) if manifest.is_file() else {}
-        if info.get("source", {}).get("sha256") == src_hash and info.get("onnx_graph", "optimum" if graph else None) == graph:
+        if (info.get("source", {}).get("sha256") == src_hash
+                and info.get("onnx_graph", "optimum" if graph else None) == graph
+                and (graph != "fused" or _builder_options(art) == FUSED_OPTIONS[q])):
             out[q] = art
         else:
             missing.append(q)
@@ -61,6 +64,12 @@ def cached_exports(model: str, fmt: str, quants: Sequence[str] | str, *, verify:
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return {q: out[q] for q in names}
+
+
+def _builder_options(art: Path) -> dict | None:
+    """The model builder's options a fused artifact was made with (export_info.json)."""
+    info = art / "export_info.json"
+    return json.loads(info.read_text()).get("builder_options") if info.is_file() else None
 
 
 def artifact_bytes(art: Path) -> int:

@@ -36,8 +36,10 @@ def test_the_graph_is_fused(fused):
     assert ops["GroupQueryAttention"] == 2 and ops["SkipSimplifiedLayerNormalization"] >= 2  # 2 layers
     assert "Softmax" not in ops and "RotaryEmbedding" not in ops  # attention and rotary are inside GQA
     q4 = onnx.load(str(fused["int4"] / MODEL_FILE), load_external_data=False)
-    bits = Counter(a.i for n in q4.graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits")
-    assert bits[4] == 2 * 5 and bits[8] == 1  # qkv, o, gate, up, down of each layer at 4 bits; the LM head at 8
+    bits = {n.name: a.i for n in q4.graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"}
+    assert len(bits) == 2 * 5 + 1  # qkv, o, gate, up, down of each layer and the LM head
+    assert set(bits.values()) <= {4, 8}
+    assert [v for k, v in bits.items() if "lm_head" in k] == [8]  # the LM head at 8 bits
     assert not any(n.op_type == "MatMul" for n in q4.graph.node)
 
 

@@ -105,14 +105,18 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, overwrite: bool =
 
 
 # onnxruntime-genai's model builder: which execution provider each quantisation is built for, and the
-# options (its --extra_options) that select our defaults. int4 keeps the LM head (the tied embedding, the
-# largest and most output-sensitive matrix) at 8 bits: ``matmul_mixed_precision=last_matmul:int8``.
+# options (its --extra_options) that select our defaults, chosen by benchmarks/onnx_fused.py on SmolLM2:
+# int8 and int4 use int8 compute (accuracy_level 4: as exact as float compute here, and faster); int4 rounds
+# with k-quant and keeps the LM head (the tied embedding, the most output-sensitive matrix) and llama.cpp's
+# "mixed" set of sensitive matrices (first and last eighth of the layers, every third layer's qkv/v/down) at
+# 8 bits, the only int4 variant measured within the 4% bits-per-byte target.
 FUSED_PROVIDER = {"fp32": "cpu", "int8": "cpu", "int4": "cpu", "fp16": "cuda"}
 FUSED_OPTIONS: dict[str, dict[str, str]] = {
     "fp32": {}, "fp16": {},
     "int8": {"block_size": "32", "accuracy_level": "4"},
-    "int4": {"block_size": "32", "accuracy_level": "4", "matmul_mixed_precision": "last_matmul:int8",
-             "shared_embeddings": "false"},  # the builder cannot share an int8 head with an int4 embedding
+    "int4": {"block_size": "32", "accuracy_level": "4", "algo_config": "k_quant",
+             "matmul_mixed_precision": "last_matmul:int8,mixed_layers:int8",
+             "shared_embeddings": "false"},  # the builder cannot share an 8-bit head with a 4-bit embedding
 }
 
 
