@@ -90,11 +90,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, overwrite: bool =
             except Exception as e:  # optimum raises ValueError/KeyError/RuntimeError for unsupported models
                 raise ExportError(f"optimum-onnx could not export {src}: {e}") from e
         export_seconds = time.perf_counter() - t0
-        for name in TOKENIZER_FILES:  # optimum re-saves the tokenizer; keep the source's exact files
-            if (src / name).is_file():
-                shutil.copy2(src / name, tmp / name)
-        for name in SLOW_TOKENIZER_FILES:
-            (tmp / name).unlink(missing_ok=True)
+        _copy_source_files(src, tmp, TOKENIZER_FILES)  # optimum re-saves the tokenizer; keep the source's files
         _check_onnx(tmp / MODEL_FILE)
         _write_info(tmp, {
             "source": str(src.resolve()), "task": TASK, "format": "onnx", "quantization": "fp32",
@@ -153,11 +149,7 @@ def export_onnx_fused(model_dir: str | Path, out_dir: str | Path, quant: str = "
             tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
             raise ExportError(f"onnxruntime-genai's model builder could not export {src} ({quant}): {tail[0]}")
         export_seconds = time.perf_counter() - t0
-        for name in ("config.json", *TOKENIZER_FILES):  # the runtime reads the source's exact files
-            if (src / name).is_file():
-                shutil.copy2(src / name, tmp / name)
-        for name in SLOW_TOKENIZER_FILES:
-            (tmp / name).unlink(missing_ok=True)
+        _copy_source_files(src, tmp, ("config.json", *TOKENIZER_FILES))  # the runtime reads the source's files
         _check_session(tmp / MODEL_FILE)
         _write_info(tmp, {
             "source": str(src.resolve()), "task": TASK, "format": "onnx", "quantization": quant, "graph": "fused",
@@ -166,6 +158,15 @@ def export_onnx_fused(model_dir: str | Path, out_dir: str | Path, quant: str = "
             "model_bytes": onnx_bytes(tmp), "versions": library_versions(),
         })
     return out
+
+
+def _copy_source_files(src: Path, out: Path, names) -> None:
+    """The source's own copies of ``names`` into ``out``; the redundant slow-tokenizer files removed."""
+    for name in names:
+        if (src / name).is_file():
+            shutil.copy2(src / name, out / name)
+    for name in SLOW_TOKENIZER_FILES:
+        (out / name).unlink(missing_ok=True)
 
 
 def _check_source(src: Path) -> None:

@@ -36,7 +36,7 @@ from ...config import StageConfig, check, check_int, is_number
 from ...errors import require
 from .ffn import PruneError, check_finite, ffn_layers, ffn_width, layout_for
 from .policy import draw_order, generator, gumbel, plackett_luce_log_prob, standardised
-from .prunenet import SELECTIONS, _device, load_policy_files, save_policy, train_width
+from .prunenet import SELECTIONS, LearnedPolicy, _device, train_width
 
 FEATURES = ("log_norm_gamma_gate", "log_norm_gamma_up", "log_norm_down", "log_norm_gate", "log_norm_up",
             "cos_gate_up", "log_rms_act", "log_rms_act_x_down")
@@ -200,14 +200,14 @@ def _policy_module(n_features: int):
     return net
 
 
-class FFNPolicy:
+class FFNPolicy(LearnedPolicy):
     """A learned ffn-policy: per-row logits from the FFN's features."""
 
     method: ClassVar[str] = "ffn-policy"
 
-    def __init__(self, net, meta: dict[str, Any]):
-        self.net = net
-        self.meta = meta
+    @staticmethod
+    def _new_net(meta: dict[str, Any]):
+        return _policy_module(len(FEATURES))
 
     @property
     def config(self) -> FFNPolicyConfig:
@@ -235,16 +235,6 @@ class FFNPolicy:
             out.append(z if config.select == "topk" else z + gumbel(z.shape, gen))
         return out
 
-    def save(self, out_dir: str | Path) -> Path:
-        return save_policy(self.net, self.meta, out_dir)
-
-    @classmethod
-    def load(cls, path: str | Path) -> "FFNPolicy":
-        meta, state = load_policy_files(path, cls.method)
-        net = _policy_module(len(FEATURES))
-        net.load_state_dict(state)
-        net.eval()
-        return cls(net, meta)
 
 
 def learn_ffn_policy(model, config: FFNPolicyConfig | None = None, *, ratio: float | None = None,

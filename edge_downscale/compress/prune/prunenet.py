@@ -137,14 +137,43 @@ def spectrum_ks(weight, index) -> float:
     return ks_statistic(torch.linalg.svdvals(w), torch.linalg.svdvals(w.index_select(0, index)))
 
 
-class PruneNetPolicy:
-    """A learned PruneNet policy: scores FFN rows of any layer with matching shape."""
+class LearnedPolicy:
+    """A learned pruning policy: a small torch module and its JSON metadata, saved as one directory.
 
-    method: ClassVar[str] = "prunenet"
+    Subclasses name their ``method`` and build an empty module from the metadata (``_new_net``).
+    """
+
+    method: ClassVar[str]
 
     def __init__(self, net, meta: dict[str, Any]):
         self.net = net
         self.meta = meta
+
+    @staticmethod
+    def _new_net(meta: dict[str, Any]):
+        raise NotImplementedError
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Write ``policy.safetensors`` + ``policy.json`` atomically (one directory)."""
+        return save_policy(self.net, self.meta, out_dir)
+
+    @classmethod
+    def load(cls, path: str | Path):
+        meta, state = load_policy_files(path, cls.method)
+        net = cls._new_net(meta)
+        net.load_state_dict(state)
+        net.eval()
+        return cls(net, meta)
+
+
+class PruneNetPolicy(LearnedPolicy):
+    """A learned PruneNet policy: scores FFN rows of any layer with matching shape."""
+
+    method: ClassVar[str] = "prunenet"
+
+    @staticmethod
+    def _new_net(meta: dict[str, Any]):
+        return _policy_module(int(meta["d_model"]), int(meta["d_ff"]))
 
     @property
     def d_model(self) -> int:
@@ -189,17 +218,6 @@ class PruneNetPolicy:
                 out.append(torch.log(keep) + gumbel(keep.shape, gen))  # (d_ff,)
         return out
 
-    def save(self, out_dir: str | Path) -> Path:
-        """Write ``policy.safetensors`` + ``policy.json`` atomically (one directory)."""
-        return save_policy(self.net, self.meta, out_dir)
-
-    @classmethod
-    def load(cls, path: str | Path) -> "PruneNetPolicy":
-        meta, state = load_policy_files(path, cls.method)
-        net = _policy_module(int(meta["d_model"]), int(meta["d_ff"]))
-        net.load_state_dict(state)
-        net.eval()
-        return cls(net, meta)
 
 
 def save_policy(net, meta: dict[str, Any], out_dir: str | Path) -> Path:
