@@ -36,3 +36,18 @@ def isolated_cache(tmp_path, monkeypatch) -> Path:
     cache = tmp_path / "cache"
     monkeypatch.setenv("EDGE_DOWNSCALE_CACHE", str(cache))
     return cache
+
+
+@pytest.fixture(scope="session")
+def tiny_greedy(tiny_model_dir):
+    """(prompt ids, torch's 12 greedy tokens after them) on the tiny Llama: what an export must reproduce."""
+    import torch
+
+    from edge_downscale.models import load_torch
+
+    model, tok, _ = load_torch(str(tiny_model_dir))
+    prompt = tok("def hash(object):", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        ref = model.generate(torch.tensor([prompt]), max_new_tokens=12, min_new_tokens=12, do_sample=False,
+                             pad_token_id=tok.eos_token_id)[0, len(prompt):].tolist()
+    return prompt, ref

@@ -215,15 +215,7 @@ def test_export_model_gates_onnx_in_model_json_and_keeps_the_facts(tiny_model_di
     assert not (tmp_path / "strict").exists()
 
 
-def test_greedy_decoding_with_the_kv_cache_matches_torch(onnx_dir, tiny_model_dir):
-    import torch
-
-    from edge_downscale.models import load_torch
-
-    model, tok, _ = load_torch(str(tiny_model_dir))
-    prompt = tok("def hash(object):", add_special_tokens=False)["input_ids"]
-    with torch.no_grad():
-        ref = model.generate(torch.tensor([prompt]), max_new_tokens=12, min_new_tokens=12, do_sample=False,
-                             pad_token_id=tok.eos_token_id)[0, len(prompt):].tolist()
+def test_greedy_decoding_with_the_kv_cache_matches_torch(onnx_dir, tiny_greedy):
+    prompt, ref = tiny_greedy
     got = OnnxBackend(onnx_dir).greedy(prompt, 12, stop_at_eos=False)
     assert got == ref and len(got) == 12
