@@ -99,7 +99,7 @@ def decode_rows(quants, fused, optimum, gguf, prompt, n_new, rounds, bandwidth) 
         paths = {"fused": fused[q], "optimum graph": optimum[q], f"llama.cpp {GGUF_PEER[q]}": gguf[GGUF_PEER[q]],
                  "optimum generate": optimum[q]}
         for name, row in s.items():
-            row["bytes_per_token"] = weight_bytes_per_token(model_file(paths[name]) if "llama" in name else paths[name])
+            row["bytes_per_token"] = weight_bytes_per_token(paths[name])  # an export directory of either format
             row["roofline_tok_s"] = roofline_tok_s(row["bytes_per_token"], bandwidth)
             row["roofline_share"] = row["decode_tok_s"] / row["roofline_tok_s"]
         gg = f"llama.cpp {GGUF_PEER[q]}"
