@@ -51,7 +51,12 @@ def main() -> None:
     from edge_downscale.runtime.tune import tune_llamacpp
 
     t0 = time.perf_counter()
+    from edge_downscale.export import EXPORT_FORMATS
+
     quants = [q for q in args.quants.split(",") if q]
+    bad = [q for q in quants if q not in EXPORT_FORMATS["gguf"]]
+    if bad or not quants:
+        ap.error(f"unknown GGUF type(s) {', '.join(bad) or '(none given)'}; choose from {', '.join(EXPORT_FORMATS['gguf'])}")
     arts = cached_exports(MODEL, "gguf", quants)
     threads = os.cpu_count() or 1
     bandwidth = memory_bandwidth(threads)
