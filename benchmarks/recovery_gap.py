@@ -1,15 +1,17 @@
 """Where a specialist's bits-per-byte go: each step of the default recipe, measured on one held-out text.
 
     .venv/bin/python benchmarks/recovery_gap.py BUNDLE [--max-bytes 12000] [--domains code,docs] [--kd-tokens 8192]
-                                                       [--no-kd-check]
+                                                       [--no-kd-check] [--widths 1280,1408]
 
 BUNDLE is a bundle built by `edge-downscale build` (its build_summary.json names the cached tasks).
 Per domain, torch fp32 bits-per-byte on the bundle's own held-out test text of:
 
   dense teacher -> adapted teacher -> pruned (activation scores, no refit) -> pruned + down_proj refit
-  -> recovered (the bundle's specialist, before export)
+  layer by layer -> pruned + sequential refit -> recovered (the bundle's specialist, before export)
 
-so the price of pruning, what the refit wins back and what recovery adds are read off one column.
+so the price of pruning, what each refit wins back and what recovery adds are read off one row.
+The pruned models are made here from the adapted teacher at the recipe's width; ``--widths`` adds the
+sequentially refitted model at other FFN widths (multiples of 128), the price of pruning by width.
 The KD check (first domain) trains the refitted student for --kd-tokens with the recipe's KD settings
 three ways, side by side: the cached top-k teacher renormalised over its k tokens (the old target),
 the cached top-k teacher with its tail mass as one bin (the current one), and the live teacher.
@@ -45,7 +47,9 @@ from edge_downscale.models.torch_backend import TorchBackend  # noqa: E402
 from edge_downscale.pipeline import load_recipe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = ("teacher", "adapted", "pruned", "pruned+refit", "recovered")
+STEPS = ("teacher", "adapted", "pruned", "pruned+refit", "pruned+seq-refit", "recovered")
+PRUNED = {"pruned": {"refit": False}, "pruned+refit": {"refit": True, "refit_mode": "layer"},
+          "pruned+seq-refit": {"refit": True, "refit_mode": "sequential"}}
 
 
 class RenormalisedKD(KDObjective):
@@ -101,6 +105,7 @@ def main() -> None:
     ap.add_argument("--kd-tokens", type=int, default=8192)
     ap.add_argument("--no-kd-check", action="store_true")
     ap.add_argument("--domains", default=None, help="comma-separated domains of the bundle (default: all)")
+    ap.add_argument("--widths", default="", help="comma-separated extra FFN widths (multiples of 128), sequential refit")
     ap.add_argument("--json", default=str(ROOT / "results/recovery_gap.json"))
     args = ap.parse_args()
     bundle = Path(args.bundle)
@@ -117,26 +122,38 @@ def main() -> None:
             sys.exit(f"recovery_gap: no domain {', '.join(unknown)} in {bundle}; it has {', '.join(evals)}")
         evals = {d: evals[d] for d in args.domains.split(",")}
     p = recipe.prune
+    try:
+        widths = [int(w) for w in args.widths.split(",") if w]
+    except ValueError:
+        sys.exit(f"recovery_gap: --widths takes comma-separated integers, got {args.widths!r}")
+    if any(w % 128 for w in widths):
+        sys.exit(f"recovery_gap: every --widths entry must be a multiple of 128, got {args.widths}")
+    steps = [*STEPS, *(f"seq-refit@{w}" for w in widths)]
     rows, table = {}, []
     for d, (texts, _) in evals.items():
         texts = truncated(texts, args.max_bytes)
         data = task.get(("dataprune", d)) or task[("corpus", d)]
         adapted = str(task[("adapt", d)])
-        models = {"teacher": recipe.teacher, "adapted": adapted, "pruned+refit": str(task[("prune", d)] / f"r{p.ratio:.2f}"),
-                  "recovered": str(task[("recover", d)])}
+        models = {"teacher": recipe.teacher, "adapted": adapted, "recovered": str(task[("recover", d)])}
         rows[d] = {}
-        for step in STEPS:
-            if step == "pruned":  # the same selection without the refit, in memory
+        for step in steps:
+            if step not in models:  # pruned from the adapted teacher here, with the recipe's selection
                 model, tok, _ = load_torch(adapted)
                 calib = calibration_sequences(tok, str(data), n=p.calib_sequences)
-                prune_(model, p.method, p.ratio, multiple=p.multiple, seed=p.seed, calibration=calib)
+                if step in PRUNED:
+                    prune_(model, p.method, p.ratio, multiple=p.multiple, seed=p.seed, calibration=calib, **PRUNED[step])
+                else:
+                    width = int(step.split("@")[1])
+                    prune_(model, p.method, 1 - width / model.config.intermediate_size, multiple=128, seed=p.seed,
+                           calibration=calib, refit=True, refit_mode="sequential")
             else:
                 model, tok, _ = load_torch(models[step])
             rows[d][step] = round(bits_per_byte(TorchBackend(model, tok), texts).bits_per_byte, 4)
             print(f"{d} {step}: {rows[d][step]}", file=sys.stderr, flush=True)
-        table.append([d, *(f"{rows[d][s]:.3f}" for s in STEPS)])
-    result = {"bundle": str(bundle), "recipe": recipe.to_dict(), "max_bytes": args.max_bytes, "bpb": rows}
-    text = markdown_table([["domain", *STEPS], *table])
+        table.append([d, *(f"{rows[d][s]:.3f}" for s in steps)])
+    result = {"bundle": str(bundle), "recipe": recipe.to_dict(), "max_bytes": args.max_bytes, "widths": widths,
+              "bpb": rows}
+    text = markdown_table([["domain", *steps], *table])
     if not args.no_kd_check:
         d = next(iter(evals))
         student, data = task[("prune", d)] / f"r{p.ratio:.2f}", task.get(("dataprune", d)) or task[("corpus", d)]

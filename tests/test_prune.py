@@ -235,7 +235,7 @@ def test_refit_down_proj_lowers_every_layers_output_error(tiny, tiny_model_dir):
     kept = [torch.topk(s, 192).indices.sort().values for s in random_scores(model, seed=3)]
     plain, refitted = load_torch(str(tiny_model_dir))[0], load_torch(str(tiny_model_dir))[0]
     assert prune_(plain, "random", 0.25, seed=3)["refit"] is False
-    report = prune_(refitted, "random", 0.25, seed=3, calibration=calib, refit=True)
+    report = prune_(refitted, "random", 0.25, seed=3, calibration=calib, refit=True, refit_mode="layer")
     assert report["refit"] is True and report["calibration_free"] is False and report["kept_width"] == 192
     for i, (w, idx) in enumerate(zip(dense_down, kept)):
         h = torch.cat(hs[i])  # (N, d_ff)
@@ -245,6 +245,35 @@ def test_refit_down_proj_lowers_every_layers_output_error(tiny, tiny_model_dir):
         assert err["refit"] < 0.9 * err["plain"], (i, err)
     with pytest.raises(ConfigError, match="calibration"):
         prune_(load_torch(str(tiny_model_dir))[0], "random", 0.25, refit=True)
+
+
+def test_sequential_refit_lands_closer_to_the_dense_model(tiny_model_dir, tmp_path):
+    """Block by block towards the dense output: the last hidden state is nearer the dense one than with
+    independent per-layer refits (on the calibration text, where it is a least-squares optimum), and the
+    result is a plain transformers model."""
+    dense, tok, _ = load_torch(str(tiny_model_dir))
+    calib = [tok(f"line {i}: the quick brown fox jumps over the lazy dog {i * 7}. " * 6,
+                 add_special_tokens=False)["input_ids"][:64] for i in range(6)]
+    ids = torch.tensor(calib)
+
+    def last_hidden(m):
+        with torch.no_grad():
+            return m(input_ids=ids, output_hidden_states=True).hidden_states[-1]
+
+    target = last_hidden(dense)
+    err, reports = {}, {}
+    for mode in ("layer", "sequential"):
+        m = load_torch(str(tiny_model_dir))[0]
+        reports[mode] = prune_(m, "random", 0.5, seed=3, calibration=calib, refit=True, refit_mode=mode)
+        err[mode] = (last_hidden(m) - target).pow(2).mean().item()
+    assert reports["sequential"]["refit_mode"] == "sequential"
+    assert reports["sequential"]["kept_indices_sha256"] == reports["layer"]["kept_indices_sha256"]
+    assert err["sequential"] < err["layer"], err
+    save_pruned(m, tok, tmp_path / "seq", reports["sequential"])
+    plain = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "seq"))
+    torch.testing.assert_close(last_hidden(plain), last_hidden(m))
+    with pytest.raises(ConfigError, match="refit_mode"):
+        prune_(load_torch(str(tiny_model_dir))[0], "random", 0.5, calibration=calib, refit=True, refit_mode="greedy")
 
 
 def test_bad_models_are_refused(tiny):

@@ -96,7 +96,7 @@ def test_a_profile_is_deep_merged_over_the_base(tmp_path):
 
 @pytest.mark.parametrize("text, expected", [
     (BASE + "prune:\n  method: prunenet\n  ratoi: 0.3\n",
-     ":7:3: prune.ratoi: unknown key; allowed: calib_domain, calib_sequences, ffn_policy, method, multiple, prunenet, ratio, refit, seed"),
+     ":7:3: prune.ratoi: unknown key; allowed: calib_domain, calib_sequences, ffn_policy, method, multiple, prunenet, ratio, refit, refit_mode, seed"),
     (BASE + "recover:\n  train:\n    token_budget: abc\n",
      ":7:5: recover.train.token_budget: must be an integer >= 0, got 'abc'"),
     (BASE + "recover:\n  train:\n    lr: fast\n", ":7:5: recover.train.lr: must be a number, got 'fast'"),
@@ -187,6 +187,23 @@ def test_relative_paths_resolve_against_the_recipe_file(tmp_path, monkeypatch):
     assert [d.corpus for d in r.domains] == [str(tmp_path / "corpora" / "mine"),
                                              str(tmp_path / "corpora" / "notes.txt"), "docs"]
     assert r.law == str(tmp_path / "laws.json") and r.adapt.replay == "code"
+
+
+def test_refit_mode_is_in_the_prune_task_key_except_for_the_first_mode():
+    """A layer refit keeps the cache keys it had before modes existed; a sequential one is a new task."""
+    from edge_downscale.pipeline.plan import make_plan
+
+    def prune_task(**prune):
+        r = Recipe(name="x", teacher="smollm2-135m", domains=[{"name": "code", "corpus": "code"}], stages=["prune"],
+                   prune={"method": "activation", **prune})
+        return next(t for t in make_plan(r) if t.kind == "prune")
+
+    layer, seq = prune_task(refit=True, refit_mode="layer"), prune_task(refit=True)
+    assert "refit_mode" not in layer.params and seq.params["refit_mode"] == "sequential"
+    assert layer.key != seq.key
+    assert "refit_mode" not in prune_task(refit=False).params
+    with pytest.raises(ConfigError, match=r"^prune\.refit_mode: .*sequential, layer"):
+        Recipe(name="x", teacher="t", domains=[{"name": "code"}], prune={"refit_mode": "greedy"})
 
 
 def test_nested_sections_accept_their_dict_form():

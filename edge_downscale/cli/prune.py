@@ -5,6 +5,7 @@ import click
 
 from ..compress.prune import METHODS, FFNPolicyConfig, PruneConfig, PruneNetConfig
 from ..compress.prune.prunenet import GRADIENTS
+from ..compress.prune.refit import REFIT_MODES
 from ._options import config_option
 
 
@@ -35,12 +36,15 @@ def _ratios(value: str) -> list[float]:
 @config_option(PruneConfig, "calib_sequences", help="256-token calibration sequences.")
 @config_option(PruneConfig, "refit", "--refit/--no-refit",
                help="Refit each down_proj by least squares over its kept rows (calibrates on --calib-domain).")
+@config_option(PruneConfig, "refit_mode", choices=REFIT_MODES,
+               help="sequential: block by block on the pruned model's own activations, towards the dense output; "
+                    "layer: every layer independently from the dense activations.")
 @config_option(PruneConfig, "seed")
 @config_option(PruneNetConfig, "device", help="Policy learning device: auto, cpu, cuda.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def prune_cmd(model, ratios, out_dir, method, policy_dir, train_ratio, episodes, gradient, multiple, calib_domain,
-              calib_sequences, refit, seed, device, overwrite, quiet):
+              calib_sequences, refit, refit_mode, seed, device, overwrite, quiet):
     """Structured FFN pruning of MODEL: learn (or load) the policy, write one pruned model per ratio.
 
     The outputs are standard HF directories (safetensors + tokenizer) that transformers loads
@@ -52,6 +56,7 @@ def prune_cmd(model, ratios, out_dir, method, policy_dir, train_ratio, episodes,
     config = PruneConfig(out_dir=out_dir, ratios=tuple(_ratios(ratios)), method=method, policy_dir=policy_dir,
                          prunenet=PruneNetConfig(gradient=gradient, **common), ffn_policy=FFNPolicyConfig(**common),
                          calib_domain=calib_domain, calib_sequences=calib_sequences, refit=refit,
+                         refit_mode=refit_mode,
                          multiple=multiple, seed=seed, overwrite=overwrite)
     summary = prune_to_dirs(model, config, progress=not quiet)
     for name, o in summary["outputs"].items():

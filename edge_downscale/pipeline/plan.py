@@ -110,6 +110,8 @@ def make_plan(recipe: Recipe) -> list[Task]:
             params = {"method": p.method, "ratio": p.ratio, "multiple": p.multiple, "seed": p.seed,
                       "prunenet": {**p.prunenet.to_dict(), "multiple": p.multiple} if p.prunenet is not None else None,
                       "refit": p.refit, "calib_sequences": p.calib_sequences}
+            if p.refit and p.refit_mode != "layer":  # the first refit's mode: its tasks keep their cache keys
+                params["refit_mode"] = p.refit_mode
             if p.ffn_policy is not None:  # only when set: recipes without it keep their cache keys
                 params["ffn_policy"] = {**p.ffn_policy.to_dict(), "multiple": p.multiple}
             for d in domains:

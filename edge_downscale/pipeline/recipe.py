@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 from ..compress.prune.ffn_policy import FFNPolicyConfig
 from ..compress.prune.methods import METHODS
 from ..compress.prune.prunenet import PruneNetConfig
+from ..compress.prune.refit import REFIT_MODES
 from ..compress.train.config import DEVICES, DistillConfig, TrainConfig
 from ..config import EvalConfig, check, check_int, is_number
 from ..data import DEMO_DOMAINS, CorpusConfig
@@ -93,6 +94,7 @@ class ModelPruneSpec(Section):
     calib_domain: str | None = None  # calibration text of method activation and of refit; null = each domain's own
     calib_sequences: int = 16  # 256-token calibration sequences
     refit: bool = False  # refit each down_proj by least squares over its kept rows (needs calibration text)
+    refit_mode: str = "sequential"  # sequential (block by block, towards the dense output) | layer (independent)
 
     def validate(self) -> None:
         check(self.method in METHODS, f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
@@ -104,6 +106,7 @@ class ModelPruneSpec(Section):
               "calib_domain must be a domain name or null")
         check_int(self, "calib_sequences", 1)
         check(isinstance(self.refit, bool), "refit must be true or false")
+        check(self.refit_mode in REFIT_MODES, f"refit_mode must be one of {', '.join(REFIT_MODES)}, got {self.refit_mode!r}")
 
 
 @dataclasses.dataclass

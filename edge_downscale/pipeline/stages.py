@@ -53,7 +53,8 @@ def run_prune(task: Task, target: Path, recipe: Recipe, progress: bool) -> dict[
     calib = task.deps["calib"].output if "calib" in task.deps else "docs"  # only activation and refit read it
     summary = prune_to_dirs(model_path(task.deps["model"]), PruneConfig(
         out_dir=str(target), ratios=(p["ratio"],), method=p["method"], prunenet=p["prunenet"], ffn_policy=p.get("ffn_policy"),
-        calib_domain=str(calib), calib_sequences=p["calib_sequences"], refit=p["refit"], multiple=p["multiple"],
+        calib_domain=str(calib), calib_sequences=p["calib_sequences"], refit=p["refit"],
+        refit_mode=p.get("refit_mode", "layer"), multiple=p["multiple"],
         seed=p["seed"]), progress=progress)
     out = next(iter(summary["outputs"].values()))
     return {"kept_width": out["kept_width"], "params_after": out["params_after"],

@@ -17,7 +17,7 @@ from .ffn import PruneError, check_finite, ffn_layers, ffn_width, kept_width, la
 from .ffn_policy import FFNPolicyConfig
 from .methods import CALIBRATION_FREE, METHODS, POLICIES, method_spec
 from .prunenet import PruneNetConfig, spectrum_ks
-from .refit import ffn_grams, refit_ffns_
+from .refit import REFIT_MODES, ffn_grams, refit_ffns_, sequential_refit_
 
 REPORT = "pruning_report.json"
 
@@ -44,15 +44,15 @@ def row_scores(model, method, *, seed: int = 0, calibration: Sequence[Sequence[i
 
 def prune_(model, method, ratio: float, *, multiple: int = 64, seed: int = 0,
            calibration: Sequence[Sequence[int]] | None = None, scores: list | None = None,
-           refit: bool = False, grams: list | None = None) -> dict[str, Any]:
+           refit: bool = False, grams: list | None = None, refit_mode: str = "sequential") -> dict[str, Any]:
     """Remove ``ratio`` of every FFN's rows in place, keeping the highest-scoring ones.
 
     ``method``: a name from METHODS or a learned policy. Returns a report: widths, parameters
     before/after, per-layer KS of the gate_proj spectrum, a hash of the kept indices, the seed of
     any random draw, and the time taken. ``scores`` may be passed to reuse one scoring across
     several ratios (a policy's draw and a ranking are ratio-free: the kept rows nest). ``refit``:
-    refit each ``down_proj`` by least squares on the calibration text (see refit.py; ``grams``
-    reuses its statistics).
+    refit each ``down_proj`` by least squares on the calibration text, ``refit_mode`` ``sequential``
+    or ``layer`` (see refit.py; ``grams`` reuses the statistics of a ``layer`` refit).
     """
     torch = require("torch", "compress")
     layout_for(model)
@@ -60,7 +60,9 @@ def prune_(model, method, ratio: float, *, multiple: int = 64, seed: int = 0,
     t0 = time.perf_counter()
     d_ff = ffn_width(model)
     k = kept_width(d_ff, ratio, multiple)
-    if refit and grams is None:
+    if refit_mode not in REFIT_MODES:
+        raise ConfigError(f"refit_mode must be one of {', '.join(REFIT_MODES)}, got {refit_mode!r}")
+    if refit and refit_mode == "layer" and grams is None:
         grams = ffn_grams(model, calibration or [])
     if scores is None:
         name, scores = row_scores(model, method, seed=seed, calibration=calibration, grams=grams)
@@ -70,13 +72,16 @@ def prune_(model, method, ratio: float, *, multiple: int = 64, seed: int = 0,
     kept = [torch.topk(s, k).indices.sort().values for s in scores]  # L x (k,)
     layer_ks = [spectrum_ks(f.gate.weight, idx.to(f.gate.weight.device)) for f, idx in zip(ffn_layers(model), kept)]
     digest = hashlib.sha256(b"".join(idx.to(torch.int32).numpy().tobytes() for idx in kept)).hexdigest()
-    if refit:
+    if refit and refit_mode == "sequential":
+        sequential_refit_(model, calibration or [], kept)
+    elif refit:
         refit_ffns_(model, grams, kept)
     else:
         slice_ffn_(model, kept)
     params_after = n_params(model)
     report = {
         "method": name, "calibration_free": CALIBRATION_FREE.get(name, True) and not refit, "refit": refit,
+        **({"refit_mode": refit_mode} if refit else {}),
         "ratio": ratio, "seed": seed,
         "d_ff": d_ff, "kept_width": k, "multiple": multiple, "actual_ffn_ratio": 1 - k / d_ff,
         "params_before": params_before, "params_after": params_after,
@@ -130,7 +135,8 @@ class PruneConfig(StageConfig):
     ``ffn_policy``: policy-learning settings of those methods (None = the defaults, with this
     ``multiple`` and ``seed``). ``seed`` also seeds a policy's sampled action and ``random``.
     ``calib_domain``: calibration text of the ``activation`` method and of ``refit`` (a least-squares
-    refit of every ``down_proj`` over its kept rows, any method); ``calib_sequences``: how many
+    refit of every ``down_proj`` over its kept rows, any method; ``refit_mode``: ``sequential`` block
+    by block towards the dense output, or ``layer`` by layer); ``calib_sequences``: how many
     256-token sequences of it.
     """
 
@@ -144,6 +150,7 @@ class PruneConfig(StageConfig):
     calib_domain: str = "docs"
     calib_sequences: int = 16
     refit: bool = False
+    refit_mode: str = "sequential"
     multiple: int = 64
     seed: int = 0
     overwrite: bool = False
@@ -173,6 +180,7 @@ class PruneConfig(StageConfig):
         check(isinstance(self.calib_domain, str), "calib_domain must be a demo domain or corpus directory")
         check_int(self, "calib_sequences", 1)
         check(isinstance(self.refit, bool), "refit must be true or false")
+        check(self.refit_mode in REFIT_MODES, f"refit_mode must be one of {', '.join(REFIT_MODES)}, got {self.refit_mode!r}")
         check_int(self, "multiple", 1)
         check_int(self, "seed")
         check(isinstance(self.overwrite, bool), "overwrite must be true or false")
@@ -215,7 +223,8 @@ def prune_to_dirs(model_ref: str, config: PruneConfig, *, progress: bool = True)
     t0 = time.perf_counter()
     calibration = (calibration_sequences(tokenizer, config.calib_domain, n=config.calib_sequences)
                    if method == "activation" or config.refit else None)
-    grams = ffn_grams(model, calibration) if config.refit else None
+    # one pass of statistics serves a layer refit and the activation scores
+    grams = ffn_grams(model, calibration) if config.refit and (config.refit_mode == "layer" or method == "activation") else None
     learner = method_spec(method).learner
     policies: dict[float, Any] = {}
     if learner is not None:
@@ -239,7 +248,7 @@ def prune_to_dirs(model_ref: str, config: PruneConfig, *, progress: bool = True)
                          "train_ratio": policy.meta["train_ratio"]})
             pruned = copy.deepcopy(model)
             report = prune_(pruned, policy if policy is not None else method, r, multiple=multiple, seed=seed,
-                            scores=scores[id(policy)], refit=config.refit, grams=grams)
+                            scores=scores[id(policy)], refit=config.refit, grams=grams, refit_mode=config.refit_mode)
             report["source_model"] = model_ref
             name = f"r{r:.2f}"
             save_pruned(pruned, tokenizer, tmp / name, report)
