@@ -11,7 +11,11 @@ Per domain, torch fp32 bits-per-byte on the bundle's own held-out test text of:
 
 so the price of pruning, what each refit wins back and what recovery adds are read off one row.
 The pruned models are made here from the adapted teacher at the recipe's width; ``--widths`` adds the
-sequentially refitted model at other FFN widths (multiples of 128), the price of pruning by width.
+sequentially refitted model at other FFN widths (multiples of 128), the price of pruning by width,
+and per domain the compression law fitted on those points (the adapted model as r = 0; r = the share
+of FFN width removed; no recovery) with its break-even ratio: the largest r whose pruned model still
+scores no worse than the dense teacher, and the weight bytes read per token at that ratio (the
+bench's roofline model). ``--law-only`` refits the law on the rows an earlier run wrote to --json.
 The KD check (first domain) trains the refitted student for --kd-tokens with the recipe's KD settings
 three ways, side by side: the cached top-k teacher renormalised over its k tokens (the old target),
 the cached top-k teacher with its tail mass as one bin (the current one), and the live teacher.
@@ -35,7 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge_downscale._io import write_result  # noqa: E402
 from edge_downscale.compress.distill import KDObjective, kd_loss_topk  # noqa: E402
+from edge_downscale.compress.laws.compression import LawPoint, critical_ratio, fit_quality_law  # noqa: E402
 from edge_downscale.compress.prune import calibration_sequences, prune_  # noqa: E402
+from edge_downscale.compress.prune.ffn import kept_width  # noqa: E402
 from edge_downscale.compress.train.checkpoints import weights_fingerprint  # noqa: E402
 from edge_downscale.compress.train.engine import Engine  # noqa: E402
 from edge_downscale.compress.train.packing import load_splits  # noqa: E402
@@ -47,6 +53,7 @@ from edge_downscale.models.torch_backend import TorchBackend  # noqa: E402
 from edge_downscale.pipeline import load_recipe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+LAW_HEADING = "\n\nCompression law per domain (sequential refit, no recovery; r = share of FFN width removed):\n"
 STEPS = ("teacher", "adapted", "pruned", "pruned+refit", "pruned+seq-refit", "recovered")
 PRUNED = {"pruned": {"refit": False}, "pruned+refit": {"refit": True, "refit_mode": "layer"},
           "pruned+seq-refit": {"refit": True, "refit_mode": "sequential"}}
@@ -98,6 +105,43 @@ def kd_check(recipe, teacher: str, student: str, data: str, tokens: int) -> list
     return rows
 
 
+def weight_reads(config_dir: str) -> dict:
+    """FFN width and the FFN's share of the weights read per decoded token (every matrix but the gathered embedding)."""
+    from transformers import AutoConfig
+
+    c = AutoConfig.from_pretrained(config_dir)
+    h, f, n = c.hidden_size, c.intermediate_size, c.num_hidden_layers
+    hd = getattr(c, "head_dim", None) or h // c.num_attention_heads
+    attn = h * hd * (2 * c.num_attention_heads + 2 * c.num_key_value_heads)  # q, o and k, v
+    ffn = 3 * h * f
+    total = n * (attn + ffn) + c.vocab_size * h  # + the LM head (tied or not, it is read every token)
+    return {"d_ff": f, "ffn_share": n * ffn / total}
+
+
+def break_even(row: dict, ratio_width: int, widths: list[int], reads: dict) -> dict:
+    """The compression law on one domain's pruned points and the ratio at which it meets the teacher."""
+    d_ff, adapted = reads["d_ff"], row["adapted"]
+    points = [LawPoint(r=0.0, D=0, L0=adapted, L=adapted, method="activation+seq-refit")]
+    points += [LawPoint(r=1 - w / d_ff, D=0, L0=adapted, L=row[step], method="activation+seq-refit")
+               for w, step in [(ratio_width, "pruned+seq-refit"), *((w, f"seq-refit@{w}") for w in widths)]]
+    fit = fit_quality_law(points, "bpb")
+    crit = critical_ratio(fit, row["teacher"] / adapted, L0=adapted)
+    out = {"points": [{"ratio": round(p.r, 4), "bpb": p.L} for p in points], "beta": fit.beta, "r2_log": fit.r2_log,
+           "r_crit": crit.r_crit, "note": crit.note}
+    if crit.r_crit is not None:
+        out["width"] = round(d_ff * (1 - crit.r_crit))
+        out["weight_reads_vs_dense"] = round(1 - crit.r_crit * reads["ffn_share"], 4)
+    return out
+
+
+def law_table(laws: dict) -> str:
+    rows = [[d, f"{x['beta']:.3f}", "-" if x["r2_log"] is None else f"{x['r2_log']:.3f}",
+             "-" if x["r_crit"] is None else f"{x['r_crit']:.3f}", str(x.get("width", "-")),
+             str(x.get("weight_reads_vs_dense", "-"))] for d, x in laws.items()]
+    return markdown_table([["domain", "beta", "R^2 (log)", "break-even r", "FFN width", "weight bytes/token vs dense"],
+                           *rows])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("bundle")
@@ -107,6 +151,7 @@ def main() -> None:
     ap.add_argument("--domains", default=None, help="comma-separated domains of the bundle (default: all)")
     ap.add_argument("--widths", default="", help="comma-separated extra FFN widths (multiples of 128), sequential refit")
     ap.add_argument("--json", default=str(ROOT / "results/recovery_gap.json"))
+    ap.add_argument("--law-only", action="store_true", help="refit the law on the rows already in --json; run no model")
     args = ap.parse_args()
     bundle = Path(args.bundle)
     if not (bundle / "build_summary.json").is_file():
@@ -122,6 +167,18 @@ def main() -> None:
             sys.exit(f"recovery_gap: no domain {', '.join(unknown)} in {bundle}; it has {', '.join(evals)}")
         evals = {d: evals[d] for d in args.domains.split(",")}
     p = recipe.prune
+    if args.law_only:
+        if not Path(args.json).is_file():
+            sys.exit(f"recovery_gap: --law-only needs the rows of an earlier run in {args.json}")
+        result = json.loads(Path(args.json).read_text())
+        rows, widths = result["bpb"], result["widths"]
+        reads = weight_reads(str(task[("adapt", next(iter(rows)))]))
+        result["recipe_width"] = kept_width(reads["d_ff"], p.ratio, p.multiple)
+        result["laws"] = {d: break_even(rows[d], result["recipe_width"], widths, reads) for d in rows}
+        result["table"] = result["table"].split(LAW_HEADING)[0] + LAW_HEADING + law_table(result["laws"])
+        write_result(args.json, result)
+        print(result["table"])
+        return
     try:
         widths = [int(w) for w in args.widths.split(",") if w]
     except ValueError:
@@ -151,9 +208,12 @@ def main() -> None:
             rows[d][step] = round(bits_per_byte(TorchBackend(model, tok), texts).bits_per_byte, 4)
             print(f"{d} {step}: {rows[d][step]}", file=sys.stderr, flush=True)
         table.append([d, *(f"{rows[d][s]:.3f}" for s in steps)])
+    reads = weight_reads(str(task[("adapt", next(iter(rows)))]))
+    recipe_width = kept_width(reads["d_ff"], p.ratio, p.multiple)
+    laws = {d: break_even(rows[d], recipe_width, widths, reads) for d in rows}
     result = {"bundle": str(bundle), "recipe": recipe.to_dict(), "max_bytes": args.max_bytes, "widths": widths,
-              "bpb": rows}
-    text = markdown_table([["domain", *steps], *table])
+              "recipe_width": recipe_width, "bpb": rows, "laws": laws}
+    text = markdown_table([["domain", *steps], *table]) + LAW_HEADING + law_table(laws)
     if not args.no_kd_check:
         d = next(iter(evals))
         student, data = task[("prune", d)] / f"r{p.ratio:.2f}", task.get(("dataprune", d)) or task[("corpus", d)]
