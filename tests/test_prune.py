@@ -332,6 +332,23 @@ def test_cli_prune_learns_once_and_writes_one_model_per_ratio(tiny_model_dir, tm
             assert not target.exists()
 
 
+def test_cli_prune_refits_in_either_mode(tiny_model_dir, tmp_path):
+    """--refit with each --refit-mode: the same rows kept, different down_proj weights, the mode reported."""
+    from safetensors.torch import load_file
+
+    reports, downs = {}, {}
+    for mode in ("sequential", "layer"):
+        out = tmp_path / mode
+        res = CliRunner().invoke(cli, ["prune", str(tiny_model_dir), "--ratios", "0.5", "--out", str(out), "--method",
+                                       "activation", "--refit", "--refit-mode", mode, "--calib-sequences", "2", "--quiet"])
+        assert res.exit_code == 0, res.output
+        reports[mode] = json.loads((out / "r0.50" / "pruning_report.json").read_text())
+        downs[mode] = load_file(str(out / "r0.50" / "model.safetensors"))["model.layers.1.mlp.down_proj.weight"]
+        assert reports[mode]["refit"] is True and reports[mode]["refit_mode"] == mode
+    assert reports["sequential"]["kept_indices_sha256"] == reports["layer"]["kept_indices_sha256"]
+    assert not torch.allclose(downs["sequential"], downs["layer"])
+
+
 def test_gradient_option_changes_learning_and_stays_deterministic(tiny_model_dir):
     model, _, _ = load_torch(str(tiny_model_dir))
     cfg = PruneNetConfig(episodes=3, train_ratio=0.5, seed=1, gradient="baselined", lr=1e-2)

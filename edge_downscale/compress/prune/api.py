@@ -248,7 +248,8 @@ def prune_to_dirs(model_ref: str, config: PruneConfig, *, progress: bool = True)
                          "train_ratio": policy.meta["train_ratio"]})
             pruned = copy.deepcopy(model)
             report = prune_(pruned, policy if policy is not None else method, r, multiple=multiple, seed=seed,
-                            scores=scores[id(policy)], refit=config.refit, grams=grams, refit_mode=config.refit_mode)
+                            calibration=calibration, scores=scores[id(policy)], refit=config.refit, grams=grams,
+                            refit_mode=config.refit_mode)
             report["source_model"] = model_ref
             name = f"r{r:.2f}"
             save_pruned(pruned, tokenizer, tmp / name, report)
