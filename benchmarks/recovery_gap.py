@@ -41,7 +41,7 @@ from edge_downscale._io import write_result  # noqa: E402
 from edge_downscale.compress.distill import KDObjective, kd_loss_topk  # noqa: E402
 from edge_downscale.compress.laws.compression import LawPoint, critical_ratio, fit_quality_law  # noqa: E402
 from edge_downscale.compress.prune import calibration_sequences, prune_  # noqa: E402
-from edge_downscale.compress.prune.ffn import kept_width  # noqa: E402
+from edge_downscale.compress.prune.ffn import ffn_layers, ffn_width, kept_width  # noqa: E402
 from edge_downscale.compress.train.checkpoints import weights_fingerprint  # noqa: E402
 from edge_downscale.compress.train.engine import Engine  # noqa: E402
 from edge_downscale.compress.train.packing import load_splits  # noqa: E402
@@ -105,17 +105,15 @@ def kd_check(recipe, teacher: str, student: str, data: str, tokens: int) -> list
     return rows
 
 
-def weight_reads(config_dir: str) -> dict:
-    """FFN width and the FFN's share of the weights read per decoded token (every matrix but the gathered embedding)."""
-    from transformers import AutoConfig
+def weight_reads(model_dir: str) -> dict:
+    """FFN width and the FFN's share of the weights read per decoded token: every linear layer, the LM head
+    included (a tied head counts once); the input embedding is only gathered."""
+    import torch
 
-    c = AutoConfig.from_pretrained(config_dir)
-    h, f, n = c.hidden_size, c.intermediate_size, c.num_hidden_layers
-    hd = getattr(c, "head_dim", None) or h // c.num_attention_heads
-    attn = h * hd * (2 * c.num_attention_heads + 2 * c.num_key_value_heads)  # q, o and k, v
-    ffn = 3 * h * f
-    total = n * (attn + ffn) + c.vocab_size * h  # + the LM head (tied or not, it is read every token)
-    return {"d_ff": f, "ffn_share": n * ffn / total}
+    model, _, _ = load_torch(model_dir)
+    linear = sum(m.weight.numel() for m in {id(m): m for m in model.modules() if isinstance(m, torch.nn.Linear)}.values())
+    ffn = sum(f.gate.weight.numel() + f.up.weight.numel() + f.down.weight.numel() for f in ffn_layers(model))
+    return {"d_ff": ffn_width(model), "ffn_share": ffn / linear}
 
 
 def break_even(row: dict, ratio_width: int, widths: list[int], reads: dict) -> dict:
@@ -167,14 +165,14 @@ def main() -> None:
             sys.exit(f"recovery_gap: no domain {', '.join(unknown)} in {bundle}; it has {', '.join(evals)}")
         evals = {d: evals[d] for d in args.domains.split(",")}
     p = recipe.prune
+    reads = weight_reads(str(task[("adapt", next(iter(evals)))]))
+    recipe_width = kept_width(reads["d_ff"], p.ratio, p.multiple)
     if args.law_only:
         if not Path(args.json).is_file():
             sys.exit(f"recovery_gap: --law-only needs the rows of an earlier run in {args.json}")
         result = json.loads(Path(args.json).read_text())
-        rows, widths = result["bpb"], result["widths"]
-        reads = weight_reads(str(task[("adapt", next(iter(rows)))]))
-        result["recipe_width"] = kept_width(reads["d_ff"], p.ratio, p.multiple)
-        result["laws"] = {d: break_even(rows[d], result["recipe_width"], widths, reads) for d in rows}
+        result["recipe_width"] = recipe_width
+        result["laws"] = {d: break_even(row, recipe_width, result["widths"], reads) for d, row in result["bpb"].items()}
         result["table"] = result["table"].split(LAW_HEADING)[0] + LAW_HEADING + law_table(result["laws"])
         write_result(args.json, result)
         print(result["table"])
@@ -183,8 +181,9 @@ def main() -> None:
         widths = [int(w) for w in args.widths.split(",") if w]
     except ValueError:
         sys.exit(f"recovery_gap: --widths takes comma-separated integers, got {args.widths!r}")
-    if any(w % 128 for w in widths):
-        sys.exit(f"recovery_gap: every --widths entry must be a multiple of 128, got {args.widths}")
+    if any(w % 128 or not 0 < w < reads["d_ff"] for w in widths):
+        sys.exit(f"recovery_gap: every --widths entry must be a multiple of 128 below the FFN width "
+                 f"{reads['d_ff']}, got {args.widths}")
     steps = [*STEPS, *(f"seq-refit@{w}" for w in widths)]
     rows, table = {}, []
     for d, (texts, _) in evals.items():
@@ -201,15 +200,13 @@ def main() -> None:
                     prune_(model, p.method, p.ratio, multiple=p.multiple, seed=p.seed, calibration=calib, **PRUNED[step])
                 else:
                     width = int(step.split("@")[1])
-                    prune_(model, p.method, 1 - width / model.config.intermediate_size, multiple=128, seed=p.seed,
+                    prune_(model, p.method, 1 - width / reads["d_ff"], multiple=128, seed=p.seed,
                            calibration=calib, refit=True, refit_mode="sequential")
             else:
                 model, tok, _ = load_torch(models[step])
             rows[d][step] = round(bits_per_byte(TorchBackend(model, tok), texts).bits_per_byte, 4)
             print(f"{d} {step}: {rows[d][step]}", file=sys.stderr, flush=True)
         table.append([d, *(f"{rows[d][s]:.3f}" for s in steps)])
-    reads = weight_reads(str(task[("adapt", next(iter(rows)))]))
-    recipe_width = kept_width(reads["d_ff"], p.ratio, p.multiple)
     laws = {d: break_even(rows[d], recipe_width, widths, reads) for d in rows}
     result = {"bundle": str(bundle), "recipe": recipe.to_dict(), "max_bytes": args.max_bytes, "widths": widths,
               "recipe_width": recipe_width, "bpb": rows, "laws": laws}

@@ -223,8 +223,8 @@ def prune_to_dirs(model_ref: str, config: PruneConfig, *, progress: bool = True)
     t0 = time.perf_counter()
     calibration = (calibration_sequences(tokenizer, config.calib_domain, n=config.calib_sequences)
                    if method == "activation" or config.refit else None)
-    # one pass of statistics serves a layer refit and the activation scores
-    grams = ffn_grams(model, calibration) if config.refit and (config.refit_mode == "layer" or method == "activation") else None
+    # a layer refit's statistics also give the activation scores; a sequential refit gathers its own
+    grams = ffn_grams(model, calibration) if config.refit and config.refit_mode == "layer" else None
     learner = method_spec(method).learner
     policies: dict[float, Any] = {}
     if learner is not None:

@@ -38,8 +38,13 @@ def ffn_grams(model, calibration: Sequence[Sequence[int]]):
 
 def refit_ffns_(model, grams, kept, *, damp: float = 0.01) -> None:
     """Slice every FFN to ``kept`` and give each the least-squares ``down_proj`` over its kept rows."""
-    torch = require("torch", "compress")
     fitted = [refit_down(f.down.weight, g, idx, damp=damp) for f, g, idx in zip(ffn_layers(model), grams, kept)]
+    _slice_with_downs_(model, kept, fitted)
+
+
+def _slice_with_downs_(model, kept, fitted) -> None:
+    """Slice every FFN to ``kept``, then give layer l the fitted ``down_proj`` weight ``fitted[l]`` (d_model, k)."""
+    torch = require("torch", "compress")
     slice_ffn_(model, kept)
     with torch.no_grad():
         for f, w in zip(ffn_layers(model), fitted):
@@ -117,13 +122,12 @@ def sequential_refit_(model, calibration: Sequence[Sequence[int]], kept: list, *
     fitted = []
     with torch.inference_mode():
         for block, f, idx in zip(blocks, ffns, kept):
-            w = f.down.weight.detach().double().cpu()  # (d_model, d_ff)
-            d_ff = w.shape[1]
+            d_model, d_ff = f.down.weight.shape
             gram = torch.zeros(d_ff, d_ff, dtype=torch.float64)
-            cross = torch.zeros(d_ff, w.shape[0], dtype=torch.float64)  # sum_t h_t target_t^T
+            cross = torch.zeros(d_ff, d_model, dtype=torch.float64)  # sum_t h_t target_t^T
             kept_h, residual = [], []
             for b, (_, kwargs) in enumerate(inputs):
-                (h_d, y_d), out_d = _run_block(block, f, dense[b], kwargs)
+                _, out_d = _run_block(block, f, dense[b], kwargs)
                 (h_p, y_p), out_p = _run_block(block, f, pruned[b], kwargs)
                 r_p = out_p - y_p  # the pruned stream's residual before the FFN
                 target = out_d - r_p  # (B, T, d_model): what the FFN must add to land on the dense output
@@ -139,10 +143,7 @@ def sequential_refit_(model, calibration: Sequence[Sequence[int]], kept: list, *
             for b, (h_p, r_p) in enumerate(zip(kept_h, residual)):  # the pruned block's output
                 pruned[b] = r_p + h_p.index_select(-1, idx.to(h_p.device)) @ w_s.to(h_p.device).T
             fitted.append(w_s)
-    slice_ffn_(model, kept)
-    with torch.no_grad():
-        for f, w_s in zip(ffn_layers(model), fitted):
-            f.down.weight.copy_(w_s.to(f.down.weight.device))
+    _slice_with_downs_(model, kept, fitted)
 
 
 def _run_block(block, f, hidden, kwargs):
