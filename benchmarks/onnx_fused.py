@@ -44,15 +44,21 @@ from edge_downscale.eval import markdown_table  # noqa: E402
 
 MODEL = "smollm2-135m"
 GGUF_PEER = {"fp32": "f32", "int8": "q8_0", "int4": "q4_0"}
+# The first fused int4 default: round-to-nearest, the LM head at 8 bits. Variants spell out every option the
+# defaults set, so a variant means the same thing whatever FUSED_OPTIONS becomes.
+RTN = {"block_size": "32", "accuracy_level": "4", "algo_config": "rtn", "matmul_mixed_precision": "last_matmul:int8",
+       "shared_embeddings": "false"}
+KQ_MIXED = {**RTN, "algo_config": "k_quant", "matmul_mixed_precision": "last_matmul:int8,mixed_layers:int8"}
 # name -> (quant, builder options over FUSED_OPTIONS); the fused defaults are the rows "fused <quant>"
 VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
     "int8 float compute": ("int8", {"accuracy_level": "1"}),
-    "int4 float compute": ("int4", {"accuracy_level": "1"}),
-    "int4 all 4-bit (head too)": ("int4", {"matmul_mixed_precision": "", "shared_embeddings": "true"}),
-    "int4 block 16": ("int4", {"block_size": "16"}),
-    "int4 k-quant": ("int4", {"algo_config": "k_quant"}),
-    "int4 k-quant, mixed layers 8-bit": ("int4", {"algo_config": "k_quant",
-                                                  "matmul_mixed_precision": "last_matmul:int8,mixed_layers:int8"}),
+    "int4 RTN, head 8-bit": ("int4", RTN),
+    "int4 RTN, float compute": ("int4", {**RTN, "accuracy_level": "1"}),
+    "int4 RTN, all 4-bit (head too)": ("int4", {**RTN, "matmul_mixed_precision": "", "shared_embeddings": "true"}),
+    "int4 RTN, block 16": ("int4", {**RTN, "block_size": "16"}),
+    "int4 k-quant, head 8-bit": ("int4", {**RTN, "algo_config": "k_quant"}),
+    "int4 k-quant, head and mixed layers 8-bit, block 16": ("int4", {**KQ_MIXED, "block_size": "16"}),
+    "int4 k-quant, head and mixed layers 8-bit, asymmetric": ("int4", {**KQ_MIXED, "is_symmetric": "false"}),
 }
 TARGETS = {"vs_optimum_generate": 2.0, "vs_llamacpp": 0.8, "int8_bpb": 0.02, "int8_kl": 0.05, "int4_bpb": 0.04}
 
