@@ -190,7 +190,7 @@ def test_relative_paths_resolve_against_the_recipe_file(tmp_path, monkeypatch):
 
 
 def test_refit_mode_is_in_the_prune_task_key_except_for_the_first_mode():
-    """A layer refit keeps the cache keys it had before modes existed; a sequential one is a new task."""
+    """A layer refit (a recipe's default) keeps the cache keys it had before modes existed; a sequential one is a new task."""
     from edge_downscale.pipeline.plan import make_plan
 
     def prune_task(**prune):
@@ -198,7 +198,7 @@ def test_refit_mode_is_in_the_prune_task_key_except_for_the_first_mode():
                    prune={"method": "activation", **prune})
         return next(t for t in make_plan(r) if t.kind == "prune")
 
-    layer, seq = prune_task(refit=True, refit_mode="layer"), prune_task(refit=True)
+    layer, seq = prune_task(refit=True), prune_task(refit=True, refit_mode="sequential")
     assert "refit_mode" not in layer.params and seq.params["refit_mode"] == "sequential"
     assert layer.key != seq.key
     assert "refit_mode" not in prune_task(refit=False).params

@@ -94,7 +94,8 @@ class ModelPruneSpec(Section):
     calib_domain: str | None = None  # calibration text of method activation and of refit; null = each domain's own
     calib_sequences: int = 16  # 256-token calibration sequences
     refit: bool = False  # refit each down_proj by least squares over its kept rows (needs calibration text)
-    refit_mode: str = "sequential"  # sequential (block by block, towards the dense output) | layer (independent)
+    refit_mode: str = "layer"  # layer (independent) | sequential (block by block, towards the dense output: better
+    # before recovery, no better after the default recipe's KD; README "Refit")
 
     def validate(self) -> None:
         check(self.method in METHODS, f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
