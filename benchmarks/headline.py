@@ -157,8 +157,8 @@ def main() -> None:
                                       args.work_dir, log)
     builds["unpruned"] = run_build(derived_recipe(base, tmp / "unpruned.yaml", name="unpruned", stages=["adapt"]),
                                    tmp / "unpruned", args.work_dir, log)
-    tokens = len(domains) * (recipe.adapt.train.token_budget * ("adapt" in recipe.stages) +
-                             recipe.recover.train.token_budget * ("recover" in recipe.stages))
+    tokens = sum(recipe.section("adapt", d).train.token_budget * ("adapt" in recipe.stages) +
+                 recipe.section("recover", d).train.token_budget * ("recover" in recipe.stages) for d in domains)
     if not args.no_generalist:
         union = Path(args.union) if args.union else union_corpus(builds["specialists"], work)
         adapt = {**base["adapt"], "train": {**base["adapt"]["train"], "token_budget": tokens}}

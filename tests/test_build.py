@@ -110,6 +110,34 @@ def test_a_rerun_reuses_every_task(built):
     assert (root / "again" / "ensemble.json").is_file()
 
 
+def test_a_domain_override_reruns_only_that_domain_and_reaches_its_stages(built, inputs):
+    """``domains[i].prune`` / ``.recover`` change that specialist alone: its own prune (smaller width) and recovery
+    (its own token budget) run, the other domain's tasks are reused."""
+    root, recipe, _ = built
+    text = recipe.read_text().replace(
+        f"{{name: lic, corpus: {inputs['lic']}}}",
+        f"{{name: lic, corpus: {inputs['lic']}, prune: {{ratio: 0.5}}, recover: {{train: {{token_budget: 1024}}}}}}")
+    assert text != recipe.read_text()
+    changed = root / "override.yaml"
+    changed.write_text(text)
+    work = root / "work"
+    summary = build(BuildConfig(recipe=str(changed), out=str(root / "override"), work_dir=str(work)),
+                    echo=lambda m: None, progress=False)
+    assert sorted(ran(summary)) == ["bundle", "export", "prune", "recover"]
+    new = {t["kind"]: t for t in summary["tasks"] if not t["reused"]}
+    assert new["recover"]["domain"] == new["export"]["domain"] == "lic" and new["prune"]["task"].endswith("r=0.5")
+
+    def record(kind, key):
+        return json.loads((work / kind / key / STAGE_FILE).read_text())
+
+    default = next(t["key"] for t in built[2]["tasks"] if t["kind"] == "prune")
+    assert record("prune", new["prune"]["key"])["result"]["kept_width"] < record("prune", default)["result"]["kept_width"]
+    recovers = {t["domain"]: t["key"] for t in summary["tasks"] if t["kind"] == "recover"}
+    budgets = {d: json.loads((work / "recover" / k / "run.json").read_text())["config"]["token_budget"]
+               for d, k in recovers.items()}
+    assert budgets == {"lic": 1024, "pydoc": 2048}
+
+
 def test_a_changed_export_setting_reruns_only_export_and_bundle(built, inputs):
     root, _, _ = built
     recipe = write_recipe(root / "recipe-f16.yaml", inputs, quants="q8_0, f16")

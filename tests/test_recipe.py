@@ -206,6 +206,47 @@ def test_refit_mode_is_in_the_prune_task_key_except_for_the_first_mode():
         Recipe(name="x", teacher="t", domains=[{"name": "code"}], prune={"refit_mode": "greedy"})
 
 
+def test_a_domain_overrides_its_own_model_stages_only():
+    """domains[i].adapt / .prune / .recover merge over the recipe's sections for that domain; the other domains keep
+    the recipe's sections and their cache keys."""
+    from edge_downscale.pipeline.plan import make_plan
+
+    def recipe(**code):
+        return Recipe(name="x", teacher="smollm2-135m", stages=["adapt", "prune", "recover"],
+                      domains=[{"name": "code", "corpus": "code", **code}, {"name": "docs", "corpus": "docs"}],
+                      prune={"method": "activation", "ratio": 0.3, "refit": True}, recover={"mode": "distill"})
+
+    plain_r = recipe()
+    r = recipe(prune={"ratio": 0.1, "multiple": 128}, recover={"train": {"token_budget": 4096}})
+    assert r.section("prune", "code").ratio == 0.1 and r.section("prune", "code").refit is True  # the rest inherited
+    assert r.section("prune", "docs") is r.prune and r.section("recover") is r.recover
+    assert r.section("recover", "code").train.token_budget == 4096 and r.section("recover", "code").mode == "distill"
+    assert Recipe.from_dict(json.loads(json.dumps(r.to_dict()))) == r
+
+    def keys(rec):
+        return {(t.kind, t.domain): t for t in make_plan(rec) if t.kind in ("adapt", "prune", "recover")}
+
+    before, after = keys(plain_r), keys(r)
+    assert after[("prune", "code")].params["ratio"] == 0.1 and after[("prune", "code")].params["multiple"] == 128
+    assert after[("recover", "code")].params["train"]["token_budget"] == 4096
+    changed = {k for k in before if before[k].key != after[k].key}
+    assert changed == {("prune", "code"), ("recover", "code")}  # adapt and every docs task keep their keys
+    assert "code    overrides prune ratio 0.1, multiple 128; recover train.token_budget 4096" in r.summary()
+
+
+def test_a_bad_domain_override_names_the_domain_and_key(tmp_path):
+    text = "teacher: smollm2-135m\ndomains:\n  - name: code\n    prune: {ratoi: 0.1}\n"
+    assert error(tmp_path, text).startswith(":4:13: domains[0].prune.ratoi: unknown key; allowed: calib_domain")
+    text = "teacher: smollm2-135m\ndomains:\n  - name: code\n    prune: {ratio: 2}\n"
+    assert error(tmp_path, text).startswith(":4:13: domains[0].prune.ratio: must be in (0, 1), got 2")
+    text = "teacher: smollm2-135m\ndomains:\n  - name: code\n    recover: {train: {lr: fast}}\n"
+    assert error(tmp_path, text).startswith(":4:23: domains[0].recover.train.lr: must be a number, got 'fast'")
+    text = "teacher: smollm2-135m\ndomains:\n  - name: code\n    prune: {calib_domain: legal}\n"
+    assert error(tmp_path, text).startswith(":4:13: domains[0].prune.calib_domain: must be one of the domains (code)")
+    text = "teacher: smollm2-135m\ndomains:\n  - name: code\n    prune: 0.1\n"
+    assert error(tmp_path, text).startswith(":4:5: domains[0].prune: must be a mapping")
+
+
 def test_nested_sections_accept_their_dict_form():
     r = Recipe(name="x", teacher="t", domains=[{"name": "code"}], prune={"prunenet": {"episodes": 2}},
                recover={"mode": "distill", "train": {"token_budget": 512}})

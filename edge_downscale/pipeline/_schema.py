@@ -142,6 +142,9 @@ def build_schema() -> dict[str, Any]:
     top["properties"]["profiles"] = {
         "type": "object", "additionalProperties": partial,
         "description": "named partial recipes: edge-downscale build RECIPE --profile NAME"}
+    domain = top["properties"]["domains"]["items"]["properties"]
+    for stage in R.MODEL_SECTIONS:  # a domain's overrides: the section's keys, merged over the recipe's
+        domain[stage] = {**copy.deepcopy(top["properties"][stage]), "description": domain[stage]["description"]}
     top["required"] = ["teacher", "domains"]
     top["properties"]["domains"]["minItems"] = 1
     top["properties"]["stages"]["uniqueItems"] = True

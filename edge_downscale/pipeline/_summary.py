@@ -41,6 +41,11 @@ def _recover(r) -> str:
     return f"{rc.mode}{kd}, {_train(rc.train)}"
 
 
+def _flat(over: dict, prefix: str = "") -> str:
+    """{train: {token_budget: 8}, ratio: 0.1} -> 'train.token_budget 8, ratio 0.1'"""
+    return ", ".join(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else f"{prefix}{k} {v}" for k, v in over.items())
+
+
 _STAGE_LINES = {"adapt": _adapt, "prune": _prune, "recover": _recover}
 
 
@@ -51,6 +56,8 @@ def summary(r) -> str:
         f"teacher   {r.teacher}   device {r.device}",
         "domains   " + ", ".join(f"{d.name} ({'demo' if d.corpus in DEMO_DOMAINS else d.corpus})" for d in r.domains),
         f"data      {_data(r)}",
+        *(f"  {d.name:<7} overrides " + "; ".join(f"{st} {_flat(getattr(d, st))}" for st in ("adapt", "prune", "recover")
+                                                  if getattr(d, st)) for d in r.domains if d.adapt or d.prune or d.recover),
         f"stages    {' -> '.join(r.stages)}",
         *(f"{s:<9} {_STAGE_LINES[s](r)}" for s in r.stages),
         f"export    {x.format}{f' ({x.onnx_graph} graph)' if x.format == 'onnx' else ''} {', '.join(x.quants)} "

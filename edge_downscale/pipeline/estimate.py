@@ -132,13 +132,13 @@ def predicted_quality(recipe: Recipe) -> dict[str, Any]:
                            "per_domain": {}}
     fallback = float(sum(p.L0 for p in points) / len(points))
     for d in recipe.domains:
-        L0 = dense.get(d.name, fallback)
+        L0, ratio = dense.get(d.name, fallback), recipe.section("prune", d.name).ratio
         try:
-            value = predict(fit, recipe.prune.ratio, D=fit.fixed_D or 0.0, L0=L0)
+            value = predict(fit, ratio, D=fit.fixed_D or 0.0, L0=L0)
         except EdgeDownscaleError as e:
-            out["per_domain"][d.name] = {"note": str(e)}
+            out["per_domain"][d.name] = {"ratio": ratio, "note": str(e)}
             continue
-        out["per_domain"][d.name] = {"dense": L0, "pruned_no_recovery": value}
+        out["per_domain"][d.name] = {"ratio": ratio, "dense": L0, "pruned_no_recovery": value}
     if fit.gamma is None:
         out["note"] = (f"the law's points all had D={fit.fixed_D:g} recovery tokens, so the effect of recovery "
                        "cannot be predicted: the figures are before recovery")

@@ -99,22 +99,16 @@ def make_plan(recipe: Recipe) -> list[Task]:
         if stage == "adapt":
             for d in domains:
                 adapted = add(Task("adapt", f"adapt teacher {d}", d,
-                                   {"train": _train_params(recipe.adapt.train), "replay": _replay(recipe)},
+                                   {"train": _train_params(recipe.section("adapt", d).train), "replay": _replay(recipe.section("adapt", d))},
                                    {"model": teacher, "data": corpora[d]}))
-                if recipe.recover.teacher == "adapted":
+                if recipe.section("recover", d).teacher == "adapted":
                     kd_teacher[d] = adapted
                 if not pruned:
                     current[d] = adapted
         elif stage == "prune":
-            p = recipe.prune
-            params = {"method": p.method, "ratio": p.ratio, "multiple": p.multiple, "seed": p.seed,
-                      "prunenet": {**p.prunenet.to_dict(), "multiple": p.multiple} if p.prunenet is not None else None,
-                      "refit": p.refit, "calib_sequences": p.calib_sequences}
-            if p.refit and p.refit_mode != "layer":  # the first refit's mode: its tasks keep their cache keys
-                params["refit_mode"] = p.refit_mode
-            if p.ffn_policy is not None:  # only when set: recipes without it keep their cache keys
-                params["ffn_policy"] = {**p.ffn_policy.to_dict(), "multiple": p.multiple}
             for d in domains:
+                p = recipe.section("prune", d)
+                params = _prune_params(p)
                 shared = current[d] is teacher
                 deps = {"model": current[d]}
                 if p.method == "activation" or p.refit:
@@ -126,8 +120,8 @@ def make_plan(recipe: Recipe) -> list[Task]:
                                       None if shared else d, params, deps))
             pruned = True
         elif stage == "recover":
-            r = recipe.recover
             for d in domains:
+                r = recipe.section("recover", d)
                 deps = {"model": current[d], "data": corpora[d]}
                 params: dict[str, Any] = {"mode": r.mode, "train": _train_params(r.train)}
                 if r.mode == "distill":
@@ -152,8 +146,19 @@ def make_plan(recipe: Recipe) -> list[Task]:
     return tasks
 
 
-def _replay(recipe: Recipe) -> dict[str, Any] | None:
-    replay = recipe.adapt.replay
+def _prune_params(p) -> dict[str, Any]:
+    params = {"method": p.method, "ratio": p.ratio, "multiple": p.multiple, "seed": p.seed,
+              "prunenet": {**p.prunenet.to_dict(), "multiple": p.multiple} if p.prunenet is not None else None,
+              "refit": p.refit, "calib_sequences": p.calib_sequences}
+    if p.refit and p.refit_mode != "layer":  # the first refit's mode: its tasks keep their cache keys
+        params["refit_mode"] = p.refit_mode
+    if p.ffn_policy is not None:  # only when set: recipes without it keep their cache keys
+        params["ffn_policy"] = {**p.ffn_policy.to_dict(), "multiple": p.multiple}
+    return params
+
+
+def _replay(adapt) -> dict[str, Any] | None:
+    replay = adapt.replay
     if replay is None:
         return None
     return {"corpus": replay, "identity": _source_identity(replay)}

@@ -39,11 +39,14 @@ RECIPE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 @dataclasses.dataclass
 class DomainSpec(Section):
-    """One specialist's domain: its name and where its text comes from."""
+    """One specialist's domain: its name, where its text comes from, and what it changes of the model stages."""
 
     stage: ClassVar[str] = "domain"
     name: str  # plain [A-Za-z0-9_-]+, unique
     corpus: str | None = None  # a demo domain name, a directory, a text file or a .jsonl (default: the name)
+    adapt: dict = dataclasses.field(default_factory=dict)  # adapt keys merged over the recipe's for this domain
+    prune: dict = dataclasses.field(default_factory=dict)  # prune keys, e.g. {ratio: 0.1}: a domain with less headroom
+    recover: dict = dataclasses.field(default_factory=dict)  # recover keys
 
     def validate(self) -> None:
         check(isinstance(self.name, str) and bool(NAME.match(self.name)),
@@ -53,6 +56,8 @@ class DomainSpec(Section):
         self.corpus = os.fspath(self.corpus) if isinstance(self.corpus, os.PathLike) else self.corpus
         check(isinstance(self.corpus, str) and self.corpus != "",
               f"corpus must be a demo domain ({', '.join(DEMO_DOMAINS)}), a directory, a text file or a .jsonl")
+        for stage in MODEL_SECTIONS:
+            check(isinstance(getattr(self, stage), dict), f"{stage} must be a mapping of {stage} keys (or left out)")
 
 
 @dataclasses.dataclass
@@ -183,6 +188,9 @@ class EnsembleRecipe(Section):
               f"memory_budget_mb must be > 0 or null, got {self.memory_budget_mb!r}")
 
 
+MODEL_SECTIONS = {"adapt": AdaptSpec, "prune": ModelPruneSpec, "recover": RecoverSpec}  # what a domain can override
+
+
 @dataclasses.dataclass
 class Recipe(Section):
     """A whole build: teacher + domains -> compressed specialists -> exports -> ensemble bundle."""
@@ -218,9 +226,16 @@ class Recipe(Section):
                 raise PathError(("domains", i, "name"), f"duplicate domain name {d.name!r}")
             seen.add(d.name)
         self._check_stages()
-        if self.prune.calib_domain is not None and self.prune.calib_domain not in seen:
-            raise PathError(("prune", "calib_domain"), f"must be one of the domains ({', '.join(seen)}), "
-                             f"got {self.prune.calib_domain!r}")
+        calib = {("prune", "calib_domain"): self.prune.calib_domain}
+        for i, d in enumerate(self.domains):
+            for stage in MODEL_SECTIONS:
+                if getattr(d, stage):
+                    merged = self._merged(stage, d, ("domains", i, stage))
+                    if stage == "prune" and "calib_domain" in d.prune:
+                        calib[("domains", i, "prune", "calib_domain")] = merged.calib_domain
+        for path, name in calib.items():
+            if name is not None and name not in seen:
+                raise PathError(path, f"must be one of the domains ({', '.join(seen)}), got {name!r}")
         check(isinstance(self.baselines, tuple) and all(isinstance(b, str) and b for b in self.baselines),
               "baselines must be a list of model names or paths")
         check(self.law is None or (isinstance(self.law, str) and self.law != ""), "law must be a file path or null")
@@ -247,6 +262,15 @@ class Recipe(Section):
     @property
     def domain_names(self) -> list[str]:
         return [d.name for d in self.domains]
+
+    def section(self, stage: str, domain: str | None = None):
+        """The ``stage`` section (adapt, prune or recover) as ``domain`` sees it: the recipe's, with the keys that
+        domain sets merged over it (None: the recipe's own)."""
+        d = next((x for x in self.domains if x.name == domain), None) if domain is not None else None
+        return self._merged(stage, d, ()) if d is not None and getattr(d, stage) else getattr(self, stage)
+
+    def _merged(self, stage: str, d: DomainSpec, path):
+        return build(MODEL_SECTIONS[stage], deep_merge(getattr(self, stage).to_dict(), getattr(d, stage)), path)
 
     def summary(self) -> str:
         """A few human lines: what this recipe builds."""

@@ -41,7 +41,8 @@ def run_adapt(task: Task, target: Path, recipe: Recipe, progress: bool) -> dict[
     from ..compress.adapt import adapt
 
     replay = task.params["replay"]["corpus"] if task.params["replay"] else None
-    summary = adapt(model_path(task.deps["model"]), task.deps["data"].output, target, config=recipe.adapt.train,
+    summary = adapt(model_path(task.deps["model"]), task.deps["data"].output, target,
+                    config=recipe.section("adapt", task.domain).train,
                     replay=replay, resume=True, progress=progress)
     return _train_record(summary)
 
@@ -62,7 +63,7 @@ def run_prune(task: Task, target: Path, recipe: Recipe, progress: bool) -> dict[
 
 
 def run_recover(task: Task, target: Path, recipe: Recipe, progress: bool) -> dict[str, Any]:
-    r = recipe.recover
+    r = recipe.section("recover", task.domain)
     student, data = model_path(task.deps["model"]), task.deps["data"].output
     if task.params["mode"] == "distill":
         from ..compress.distill import distill
