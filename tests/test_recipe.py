@@ -375,3 +375,13 @@ def test_recipe_check_of_a_bad_recipe_is_one_error_line(tmp_path, text):
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert res.exit_code in (1, 2) and len(lines) == 1 and lines[0].startswith(f"error: {p}:5:")
     assert "Traceback" not in res.output
+
+
+def test_the_law_predicts_each_domain_at_its_own_ratio():
+    from edge_downscale.pipeline.estimate import predicted_quality
+
+    pred = predicted_quality(load_recipe(EXAMPLE))["per_domain"]
+    r = load_recipe(EXAMPLE)
+    assert {d: v["ratio"] for d, v in pred.items()} == {d: r.section("prune", d).ratio for d in r.domain_names}
+    loss = {d: v["pruned_no_recovery"] - v["dense"] for d, v in pred.items()}
+    assert sorted(loss, key=loss.get) == sorted(pred, key=lambda d: pred[d]["ratio"])  # more pruned, more lost

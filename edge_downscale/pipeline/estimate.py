@@ -128,8 +128,7 @@ def predicted_quality(recipe: Recipe) -> dict[str, Any]:
     except EdgeDownscaleError as e:
         return {"note": f"the law in {recipe.law} cannot be fitted: {e}"}
     dense = _dense_by_domain(Path(recipe.law))
-    out: dict[str, Any] = {"law": str(recipe.law), "method": recipe.prune.method, "ratio": recipe.prune.ratio,
-                           "per_domain": {}}
+    out: dict[str, Any] = {"law": str(recipe.law), "method": recipe.prune.method, "per_domain": {}}
     fallback = float(sum(p.L0 for p in points) / len(points))
     for d in recipe.domains:
         L0, ratio = dense.get(d.name, fallback), recipe.section("prune", d.name).ratio

@@ -24,11 +24,11 @@ def format_plan(plan: dict[str, Any]) -> str:
              f"in {plan['work_dir']}"]
     pred = plan.get("predicted") or {}
     if pred.get("per_domain"):
-        prow = [("specialist", "dense bpb", "predicted bpb (pruned)")]
+        prow = [("specialist", "ratio", "dense bpb", "predicted bpb (pruned)")]
         for d, v in pred["per_domain"].items():
-            prow.append((d, f"{v['dense']:.3f}" if "dense" in v else "-",
+            prow.append((d, f"{v['ratio']:g}", f"{v['dense']:.3f}" if "dense" in v else "-",
                          f"{v['pruned_no_recovery']:.3f}" if "pruned_no_recovery" in v else v.get("note", "-")))
-        lines += ["", f"compression law ({pred['method']}, r={pred['ratio']:g}, fit on {pred['law']}):", markdown_table(prow)]
+        lines += ["", f"compression law ({pred['method']}, fit on {pred['law']}):", markdown_table(prow)]
     if pred.get("note"):
         lines.append(f"note: {pred['note']}")
     return "\n".join(lines)
