@@ -79,15 +79,15 @@ def truncated(texts: list[str], max_bytes: int) -> list[str]:
     return out
 
 
-def kd_check(recipe, teacher: str, student: str, data: str, tokens: int) -> list[dict]:
+def kd_check(recover, teacher: str, student: str, data: str, tokens: int) -> list[dict]:
     rows = []
-    config = copy.deepcopy(recipe.recover.train)
+    config = copy.deepcopy(recover.train)
     config.token_budget, config.eval_tokens = tokens, 8192
-    arms = {"top-k renormalised": (RenormalisedKD, recipe.recover.distill.cache_topk),
-            "top-k + tail bin": (KDObjective, recipe.recover.distill.cache_topk), "live teacher": (KDObjective, 0)}
+    arms = {"top-k renormalised": (RenormalisedKD, recover.distill.cache_topk),
+            "top-k + tail bin": (KDObjective, recover.distill.cache_topk), "live teacher": (KDObjective, 0)}
     t_model, _, _ = load_torch(teacher)
     for name, (cls, k) in arms.items():
-        kd = copy.deepcopy(recipe.recover.distill)
+        kd = copy.deepcopy(recover.distill)
         kd.cache_topk = k
         s_model, s_tok, _ = load_torch(student)
         out = Path(tempfile.mkdtemp(prefix="kdcheck-"))
@@ -164,15 +164,15 @@ def main() -> None:
         if unknown:
             sys.exit(f"recovery_gap: no domain {', '.join(unknown)} in {bundle}; it has {', '.join(evals)}")
         evals = {d: evals[d] for d in args.domains.split(",")}
-    p = recipe.prune
     reads = weight_reads(str(task[("adapt", next(iter(evals)))]))
-    recipe_width = kept_width(reads["d_ff"], p.ratio, p.multiple)
+    prune = {d: recipe.section("prune", d) for d in evals}  # each domain's own ratio (recipe domain overrides)
+    recipe_width = {d: kept_width(reads["d_ff"], p.ratio, p.multiple) for d, p in prune.items()}
     if args.law_only:
         if not Path(args.json).is_file():
             sys.exit(f"recovery_gap: --law-only needs the rows of an earlier run in {args.json}")
         result = json.loads(Path(args.json).read_text())
         result["recipe_width"] = recipe_width
-        result["laws"] = {d: break_even(row, recipe_width, result["widths"], reads) for d, row in result["bpb"].items()}
+        result["laws"] = {d: break_even(row, recipe_width[d], result["widths"], reads) for d, row in result["bpb"].items()}
         result["table"] = result["table"].split(LAW_HEADING)[0] + LAW_HEADING + law_table(result["laws"])
         write_result(args.json, result)
         print(result["table"])
@@ -189,7 +189,7 @@ def main() -> None:
     for d, (texts, _) in evals.items():
         texts = truncated(texts, args.max_bytes)
         data = task.get(("dataprune", d)) or task[("corpus", d)]
-        adapted = str(task[("adapt", d)])
+        adapted, p = str(task[("adapt", d)]), prune[d]
         models = {"teacher": recipe.teacher, "adapted": adapted, "recovered": str(task[("recover", d)])}
         rows[d] = {}
         for step in steps:
@@ -207,15 +207,15 @@ def main() -> None:
             rows[d][step] = round(bits_per_byte(TorchBackend(model, tok), texts).bits_per_byte, 4)
             print(f"{d} {step}: {rows[d][step]}", file=sys.stderr, flush=True)
         table.append([d, *(f"{rows[d][s]:.3f}" for s in steps)])
-    laws = {d: break_even(rows[d], recipe_width, widths, reads) for d in rows}
+    laws = {d: break_even(rows[d], recipe_width[d], widths, reads) for d in rows}
     result = {"bundle": str(bundle), "recipe": recipe.to_dict(), "max_bytes": args.max_bytes, "widths": widths,
               "recipe_width": recipe_width, "bpb": rows, "laws": laws}
     text = markdown_table([["domain", *steps], *table]) + LAW_HEADING + law_table(laws)
     if not args.no_kd_check:
         d = next(iter(evals))
-        student, data = task[("prune", d)] / f"r{p.ratio:.2f}", task.get(("dataprune", d)) or task[("corpus", d)]
-        result["kd_check"] = {"domain": d, "rows": kd_check(recipe, str(task[("adapt", d)]), str(student), str(data),
-                                                             args.kd_tokens)}
+        student, data = task[("prune", d)] / f"r{prune[d].ratio:.2f}", task.get(("dataprune", d)) or task[("corpus", d)]
+        result["kd_check"] = {"domain": d, "rows": kd_check(recipe.section("recover", d), str(task[("adapt", d)]),
+                                                             str(student), str(data), args.kd_tokens)}
         text += "\n\n" + markdown_table([["KD target (" + d + f", {args.kd_tokens} tokens)", "val loss before", "after"],
                                          *([r["target"], f"{r['val_loss_before']:.4f}", f"{r['val_loss_after']:.4f}"]
                                            for r in result["kd_check"]["rows"])])
