@@ -140,6 +140,8 @@ def main() -> None:
                     "instead of writing the union of the domains' train splits")
     ap.add_argument("--max-bytes", type=int, default=6000, help="held-out bytes scored per domain")
     ap.add_argument("--mc-items", type=int, default=40, help="multiple-choice items per domain")
+    ap.add_argument("--rounds", type=int, default=6, help="timed speed/energy rounds (each sends one request to every "
+                    "configuration; the prompts cycle over the domains, so 6 rounds ask each domain twice)")
     ap.add_argument("--out", default=str(ROOT / "results/headline"), help="bench report directory")
     ap.add_argument("--json", default=str(ROOT / "results/headline.json"))
     args = ap.parse_args()
@@ -179,7 +181,7 @@ def main() -> None:
         members.append(("generalist", tmp / "generalist" / "members" / "general"))
     # sized for 13 configurations on 2 cores in ~15 minutes (vote and mixture run three members each)
     config = BenchConfig.quick() if args.quick else BenchConfig(max_bytes=args.max_bytes, mc_items=args.mc_items,
-                                                                rounds=3, n_prompts=3, max_tokens=32)
+                                                                rounds=args.rounds, n_prompts=3, max_tokens=32)
     config = dataclasses.replace(config, overwrite=True)  # the study owns its report directory
     report = run_bench([str(tmp / "specialists")] + [str(p) for _, p in members], config, baselines=baselines,
                        out=args.out, progress=True)
