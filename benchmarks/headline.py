@@ -37,6 +37,7 @@ import yaml  # noqa: E402
 
 from edge_downscale._io import atomic_path, cache_dir, write_result  # noqa: E402
 from edge_downscale.bench import BenchConfig, run_bench  # noqa: E402
+from edge_downscale.bench.report import write_plots  # noqa: E402
 from edge_downscale.data import iter_texts  # noqa: E402
 from edge_downscale.eval import markdown_table  # noqa: E402
 from edge_downscale.pipeline import BuildConfig, build, load_recipe  # noqa: E402
@@ -190,6 +191,7 @@ def main() -> None:
         for label, p in members:
             if r.get("path") and Path(r["path"]).resolve().is_relative_to(Path(p).resolve()):
                 r["name"] = label
+    write_plots(records, Path(args.out))  # again, with those names
     # build time = the seconds every task of the build took when it ran (also for tasks this run reused)
     build_s = {name: sum(t["seconds"] or 0 for t in b["tasks"]) for name, b in builds.items()}
     checks = targets(records, domains, baselines[0][0], "generalist", None if args.no_gemma else "gemma3-270m")
