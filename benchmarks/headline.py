@@ -180,7 +180,7 @@ def main() -> None:
     members = [(f"unpruned/{d}", tmp / "unpruned" / "members" / d) for d in domains]
     if "generalist" in builds:
         members.append(("generalist", tmp / "generalist" / "members" / "general"))
-    # sized for 13 configurations on 2 cores in ~15 minutes (vote and mixture run three members each)
+    # on 2 cores the quality pass dominates: 11 configurations took 37 min (vote and mixture run three members each)
     config = BenchConfig.quick() if args.quick else BenchConfig(max_bytes=args.max_bytes, mc_items=args.mc_items,
                                                                 rounds=args.rounds, n_prompts=3, max_tokens=32)
     config = dataclasses.replace(config, overwrite=True)  # the study owns its report directory

@@ -31,6 +31,7 @@ from edge_downscale.eval import bits_per_byte, markdown_table, read_eval_data  #
 from edge_downscale.pipeline import BuildConfig, build, load_recipe  # noqa: E402
 from edge_downscale.pipeline.cache import STAGE_FILE  # noqa: E402
 from edge_downscale.runtime import open_artifact  # noqa: E402
+from edge_downscale.runtime.roofline import weight_bytes_per_token  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,22 +83,27 @@ def main() -> None:
             tasks = {(t["kind"], t["domain"]): t for t in summary["tasks"]}
             for d in recipe.domain_names if domain is None else [domain]:
                 spec = summary["specialists"][d]
+                teacher_dir = teacher_export(spec["quant"], log)
                 if (spec["quant"], d) not in teacher:  # the dense teacher at the member's quant, same text
-                    with open_artifact(teacher_export(spec["quant"], log)) as backend:
+                    with open_artifact(teacher_dir) as backend:
                         teacher[spec["quant"], d] = bits_per_byte(backend, evals[d][0], max_length=recipe.eval.max_length,
                                                                    stride=recipe.eval.stride).bits_per_byte
                 prune = tasks[("prune", d)] if ("prune", d) in tasks else tasks[("prune", None)]
                 width = _kept_width(summary["work_dir"], prune["key"])
                 rows.append({"domain": d, "ratio": (over or recipe.section("prune", d).to_dict())["ratio"],
+                             "adapt_tokens": recipe.section("adapt", d).train.token_budget if "adapt" in recipe.stages else 0,
                              "ffn_width": width, "quant": spec["quant"], "member_mb": spec["bytes"] / 1e6,
+                             "weight_bytes_vs_teacher": weight_bytes_per_token(bundle / "members" / d) /
+                             weight_bytes_per_token(teacher_dir),
                              "member_bpb": spec["heldout_bpb"], "teacher_bpb": teacher[spec["quant"], d],
                              "heldout_bytes": spec["heldout_bytes"], "recipe": domain is None})
     for r in rows:
         r["vs_teacher"] = r["member_bpb"] - r["teacher_bpb"]
     rows.sort(key=lambda r: (recipe.domain_names.index(r["domain"]), -r["ffn_width"]))
-    table = markdown_table([["domain", "FFN width", "ratio", "quant", "MB", "member bpb", "teacher bpb", "vs teacher",
-                             "the recipe's"],
-                            *([r["domain"], str(r["ffn_width"]), f"{r['ratio']:g}", r["quant"], f"{r['member_mb']:.0f}",
+    table = markdown_table([["domain", "adapt tokens", "FFN width", "ratio", "quant", "MB", "weight bytes/token vs teacher",
+                             "member bpb", "teacher bpb", "vs teacher", "the recipe's"],
+                            *([r["domain"], str(r["adapt_tokens"]), str(r["ffn_width"]), f"{r['ratio']:g}", r["quant"],
+                               f"{r['member_mb']:.0f}", f"{r['weight_bytes_vs_teacher']:.3f}",
                                f"{r['member_bpb']:.4f}", f"{r['teacher_bpb']:.4f}", f"{r['vs_teacher']:+.4f}",
                                "yes" if r["recipe"] else ""] for r in rows)])
     print(table)
