@@ -37,7 +37,6 @@ import yaml  # noqa: E402
 
 from edge_downscale._io import atomic_path, cache_dir, write_result  # noqa: E402
 from edge_downscale.bench import BenchConfig, run_bench  # noqa: E402
-from edge_downscale.bench.report import write_plots  # noqa: E402
 from edge_downscale.data import iter_texts  # noqa: E402
 from edge_downscale.eval import markdown_table  # noqa: E402
 from edge_downscale.pipeline import BuildConfig, build, load_recipe  # noqa: E402
@@ -184,14 +183,9 @@ def main() -> None:
     config = BenchConfig.quick() if args.quick else BenchConfig(max_bytes=args.max_bytes, mc_items=args.mc_items,
                                                                 rounds=args.rounds, n_prompts=3, max_tokens=32)
     config = dataclasses.replace(config, overwrite=True)  # the study owns its report directory
-    report = run_bench([str(tmp / "specialists")] + [str(p) for _, p in members], config, baselines=baselines,
-                       out=args.out, progress=True)
+    report = run_bench([("specialists", str(tmp / "specialists"))] + [(label, str(p)) for label, p in members], config,
+                       baselines=baselines, out=args.out, progress=True)
     records = report["records"]
-    for r in records:  # name the plain-model rows by what they are
-        for label, p in members:
-            if r.get("path") and Path(r["path"]).resolve().is_relative_to(Path(p).resolve()):
-                r["name"] = label
-    write_plots(records, Path(args.out))  # again, with those names
     # build time = the seconds every task of the build took when it ran (also for tasks this run reused)
     build_s = {name: sum(t["seconds"] or 0 for t in b["tasks"]) for name, b in builds.items()}
     checks = targets(records, domains, baselines[0][0], "generalist", None if args.no_gemma else "gemma3-270m")

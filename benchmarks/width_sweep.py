@@ -1,13 +1,14 @@
 """How far each specialist can be pruned and still beat the dense teacher, after recovery.
 
-Each ``DOMAIN:RATIO[:MULTIPLE]`` entry builds the recipe with that domain's ``prune`` override replaced
-(``edge-downscale build``, cached by content, so the other domains and every finished task are reused),
-then sets the member's held-out bits-per-byte (the build's own ``heldout_bpb``: the bundle's test text,
+Each ``DOMAIN:RATIO[:MULTIPLE][:kd=TOKENS][:adapt=TOKENS]`` entry builds the recipe with that domain's
+``prune`` override replaced, and its recovery or adaptation budget where given (``edge-downscale build``,
+cached by content, so the other domains and every finished task are reused), then sets the member's held-out bits-per-byte (the build's own ``heldout_bpb``: the bundle's test text,
 the member's bundled quantisation) against the dense teacher's, exported at the same quantisation and
 scored on the same text. The recipe's own widths are the first row of every domain. Prints a table and
-writes JSON.
+writes JSON; ``--merge`` keeps the rows of earlier runs in that JSON that this run did not rebuild (each
+row names the command that measured it).
 
-    .venv/bin/python benchmarks/width_sweep.py docs:0.25:128 legal:0.6667
+    .venv/bin/python benchmarks/width_sweep.py docs:0.25:128 legal:0.6667 [--merge]
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from headline import teacher_export  # noqa: E402
 
 from edge_downscale._io import write_result  # noqa: E402
+from edge_downscale.bench import BenchConfig, split_pieces  # noqa: E402
 from edge_downscale.eval import bits_per_byte, markdown_table, read_eval_data  # noqa: E402
 from edge_downscale.pipeline import BuildConfig, build, load_recipe  # noqa: E402
 from edge_downscale.pipeline.cache import STAGE_FILE  # noqa: E402
@@ -36,39 +38,63 @@ from edge_downscale.runtime.roofline import weight_bytes_per_token  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
+BUDGETS = {"kd": "recover", "adapt": "adapt"}  # DOMAIN:RATIO:kd=N / adapt=N -> that stage's token budget
+
+
 def parse_entry(text: str, domains: list[str]) -> tuple[str, dict]:
-    parts = text.split(":")
+    """``DOMAIN:RATIO[:MULTIPLE][:kd=TOKENS][:adapt=TOKENS]`` -> (domain, that domain's recipe overrides)."""
+    name, *parts = text.split(":")
     try:
-        if len(parts) not in (2, 3) or parts[0] not in domains:
+        if name not in domains or not parts:
             raise ValueError
-        over = {"ratio": float(parts[1]), **({"multiple": int(parts[2])} if len(parts) == 3 else {})}
-        if not 0 < over["ratio"] < 1:
+        over: dict = {"prune": {"ratio": float(parts[0])}}
+        for part in parts[1:]:
+            key, _, value = part.rpartition("=")
+            if not key:
+                over["prune"]["multiple"] = int(value)
+            else:
+                over[BUDGETS[key]] = {"train": {"token_budget": int(value)}}
+        if not 0 < over["prune"]["ratio"] < 1:
             raise ValueError
-    except ValueError:
-        sys.exit(f"width_sweep: {text!r} is not DOMAIN:RATIO[:MULTIPLE] with a domain of the recipe "
-                 f"({', '.join(domains)}) and a ratio in (0, 1)")
-    return parts[0], over
+    except (ValueError, KeyError):
+        sys.exit(f"width_sweep: {text!r} is not DOMAIN:RATIO[:MULTIPLE][:kd=TOKENS][:adapt=TOKENS] with a domain "
+                 f"of the recipe ({', '.join(domains)}) and a ratio in (0, 1)")
+    return name, over
 
 
-def build_variant(base: dict, domain: str | None, over: dict | None, tmp: Path, work_dir: str | None, log) -> dict:
+def build_variant(base: dict, domain: str | None, over: dict | None, tmp: Path, work_dir: str | None, log):
+    """(build summary, the variant's recipe): ``base`` with ``domain``'s overrides replaced by ``over``."""
     doc = copy.deepcopy({k: v for k, v in base.items() if k != "source"})
     if domain is not None:
         for d in doc["domains"]:
             if d["name"] == domain:
-                d["prune"] = over
-    name = "recipe" if domain is None else f"{domain}-{over['ratio']:g}"
+                d.update(copy.deepcopy(over))
+    name = "recipe" if domain is None else "-".join([domain, *(f"{k}{v}" for k, v in _flat(over))])
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
-    return build(BuildConfig(recipe=str(path), out=str(tmp / name), work_dir=work_dir, overwrite=True), echo=log)
+    summary = build(BuildConfig(recipe=str(path), out=str(tmp / name), work_dir=work_dir, overwrite=True), echo=log)
+    return summary, load_recipe(str(path))
+
+
+def _flat(over: dict):
+    for stage, values in over.items():
+        for k, v in values.items():
+            yield from (_flat({f"{stage}.{k}": v}) if isinstance(v, dict) else [(f"{stage}.{k}=", v)])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("entries", nargs="*", help="DOMAIN:RATIO[:MULTIPLE]: a prune override to build and score")
+    ap.add_argument("entries", nargs="*", help="DOMAIN:RATIO[:MULTIPLE][:kd=TOKENS][:adapt=TOKENS]: that domain's "
+                    "prune ratio (and FFN width multiple), recovery and adaptation budgets, to build and score")
     ap.add_argument("--recipe", default=str(ROOT / "examples/recipes/smollm2-edge.yaml"))
     ap.add_argument("--work-dir", default=None, help="the build cache (default: the user cache)")
     ap.add_argument("--json", default=str(ROOT / "results/width_sweep.json"))
+    ap.add_argument("--bench-bytes", type=int, default=6000, help="held-out bytes per domain of the bench-text "
+                    "column (headline.py's --max-bytes): the text the headline study scores")
+    ap.add_argument("--merge", action="store_true", help="keep the earlier rows of --json that this run does not "
+                    "measure again (same domain, adaptation budget, recovery budget and width)")
     args = ap.parse_args()
+    command = " ".join([".venv/bin/python benchmarks/width_sweep.py", *sys.argv[1:]])
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     t0 = time.perf_counter()
     recipe = load_recipe(args.recipe)
@@ -77,7 +103,7 @@ def main() -> None:
     rows, teacher = [], {}
     with tempfile.TemporaryDirectory(prefix="width-sweep-") as tmp:
         for domain, over in [(None, None), *entries]:
-            summary = build_variant(base, domain, over, Path(tmp), args.work_dir, log)
+            summary, variant = build_variant(base, domain, over, Path(tmp), args.work_dir, log)
             bundle = Path(summary["bundle"])
             evals = read_eval_data(bundle / "eval")
             tasks = {(t["kind"], t["domain"]): t for t in summary["tasks"]}
@@ -85,29 +111,61 @@ def main() -> None:
                 spec = summary["specialists"][d]
                 teacher_dir = teacher_export(spec["quant"], log)
                 if (spec["quant"], d) not in teacher:  # the dense teacher at the member's quant, same text
-                    with open_artifact(teacher_dir) as backend:
-                        teacher[spec["quant"], d] = bits_per_byte(backend, evals[d][0], max_length=recipe.eval.max_length,
-                                                                   stride=recipe.eval.stride).bits_per_byte
+                    teacher[spec["quant"], d] = (
+                        _bpb(teacher_dir, evals[d][0], recipe.eval),
+                        _bench_bpb(teacher_dir, evals[d][0], args.bench_bytes))
                 prune = tasks[("prune", d)] if ("prune", d) in tasks else tasks[("prune", None)]
                 width = _kept_width(summary["work_dir"], prune["key"])
-                rows.append({"domain": d, "ratio": (over or recipe.section("prune", d).to_dict())["ratio"],
-                             "adapt_tokens": recipe.section("adapt", d).train.token_budget if "adapt" in recipe.stages else 0,
+                rows.append({"domain": d, "ratio": variant.section("prune", d).ratio,
+                             "adapt_tokens": variant.section("adapt", d).train.token_budget if "adapt" in recipe.stages else 0,
+                             "recover_tokens": variant.section("recover", d).train.token_budget
+                             if "recover" in recipe.stages else 0,
                              "ffn_width": width, "quant": spec["quant"], "member_mb": spec["bytes"] / 1e6,
                              "weight_bytes_vs_teacher": weight_bytes_per_token(bundle / "members" / d) /
                              weight_bytes_per_token(teacher_dir),
-                             "member_bpb": spec["heldout_bpb"], "teacher_bpb": teacher[spec["quant"], d],
-                             "heldout_bytes": spec["heldout_bytes"], "recipe": domain is None})
+                             "member_bpb": spec["heldout_bpb"], "teacher_bpb": teacher[spec["quant"], d][0],
+                             "heldout_bytes": spec["heldout_bytes"], "recipe": domain is None,
+                             "bench_bytes": args.bench_bytes, "teacher_bench_bpb": teacher[spec["quant"], d][1],
+                             "member_bench_bpb": _bench_bpb(bundle / "members" / d, evals[d][0], args.bench_bytes)})
     for r in rows:
         r["vs_teacher"] = r["member_bpb"] - r["teacher_bpb"]
-    rows.sort(key=lambda r: (recipe.domain_names.index(r["domain"]), -r["ffn_width"]))
-    table = markdown_table([["domain", "adapt tokens", "FFN width", "ratio", "quant", "MB", "weight bytes/token vs teacher",
-                             "member bpb", "teacher bpb", "vs teacher", "the recipe's"],
-                            *([r["domain"], str(r["adapt_tokens"]), str(r["ffn_width"]), f"{r['ratio']:g}", r["quant"],
-                               f"{r['member_mb']:.0f}", f"{r['weight_bytes_vs_teacher']:.3f}",
+        r["bench_vs_teacher"] = r["member_bench_bpb"] - r["teacher_bench_bpb"]
+        r["command"] = command
+    runs = [{"command": command, "seconds": round(time.perf_counter() - t0, 1), "recipe": base}]
+    if args.merge and Path(args.json).is_file():
+        earlier = json.loads(Path(args.json).read_text(encoding="utf-8"))
+        rows += [dict(r, recipe=False) for r in earlier.get("rows", []) if _row_key(r) not in {_row_key(n) for n in rows}]
+        runs = earlier.get("runs", []) + runs
+    rows.sort(key=lambda r: (recipe.domain_names.index(r["domain"]), -r["adapt_tokens"], -r.get("recover_tokens", 0),
+                             -r["ffn_width"]))
+    table = markdown_table([["domain", "adapt tokens", "KD tokens", "FFN width", "ratio", "quant", "MB",
+                             "weight bytes/token vs teacher", "member bpb", "teacher bpb", "vs teacher",
+                             "vs teacher, bench text", "the recipe's"],
+                            *([r["domain"], str(r["adapt_tokens"]), str(r.get("recover_tokens", "?")), str(r["ffn_width"]),
+                               f"{r['ratio']:g}", r["quant"], f"{r['member_mb']:.0f}", f"{r['weight_bytes_vs_teacher']:.3f}",
                                f"{r['member_bpb']:.4f}", f"{r['teacher_bpb']:.4f}", f"{r['vs_teacher']:+.4f}",
-                               "yes" if r["recipe"] else ""] for r in rows)])
+                               f"{r['bench_vs_teacher']:+.4f}" if "bench_vs_teacher" in r else "-", "yes" if r["recipe"] else ""] for r in rows)])
     print(table)
-    write_result(args.json, {"recipe": base, "rows": rows, "table": table, "seconds": round(time.perf_counter() - t0, 1)})
+    write_result(args.json, {"recipe": base, "runs": runs, "rows": rows, "table": table})
+
+
+def _bpb(model: Path, texts: list[str], cfg) -> float:
+    """Bits-per-byte of ``model`` on the whole held-out text, sliding window (what ``heldout_bpb`` is)."""
+    with open_artifact(model) as backend:
+        return bits_per_byte(backend, texts, max_length=cfg.max_length, stride=cfg.stride).bits_per_byte
+
+
+def _bench_bpb(model: Path, texts: list[str], max_bytes: int) -> float:
+    """Bits-per-byte as ``bench`` scores it: the first ``max_bytes`` cut into pieces, each from BOS."""
+    pieces = split_pieces(texts, BenchConfig().piece_chars, max_bytes)
+    with open_artifact(model) as backend:
+        ctx = backend.context_length
+        return bits_per_byte(backend, pieces, max_length=ctx, stride=max(1, ctx // 2)).bits_per_byte
+
+
+def _row_key(row: dict) -> tuple:
+    """What makes two rows the same measurement (a rebuild of the same tasks gives the same numbers)."""
+    return row["domain"], row["adapt_tokens"], row.get("recover_tokens"), row["ffn_width"], row["quant"]
 
 
 def _kept_width(work_dir: str, key: str) -> int:

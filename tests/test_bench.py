@@ -198,6 +198,15 @@ def test_tampered_eval_file_and_member_are_refused(bundle, tmp_path):
     _one_line_error(CliRunner().invoke(cli, ["bench", str(copy2), "--out", str(tmp_path / "o")]), "coder", "manifest")
 
 
+def test_labelled_targets_name_their_rows(bundle, exports):
+    configs, _, _ = plan_configurations([("ours", bundle), ("plain-coder", exports["coder"])],
+                                        baselines=[("base", exports["coder"])])
+    names = [c.name for c in configs]
+    assert names[0] == "base" and "plain-coder" in names
+    assert "ours/coder" in names and any(n.startswith("ours[") for n in names)
+    assert not any(n.startswith(Path(bundle).name) for n in names)
+
+
 def test_missing_baseline_target_and_eval_data(bundle, exports, tmp_path):
     res = CliRunner().invoke(cli, ["bench", str(bundle), "--baseline", "no-such-model", "--out", str(tmp_path / "o")])
     _one_line_error(res, "no-such-model", "smollm2-135m")

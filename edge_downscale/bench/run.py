@@ -191,13 +191,13 @@ def _bar(total: int, progress: bool):
     return tqdm(total=total, unit="step", desc="bench", disable=not progress, leave=False)
 
 
-def run_bench(targets: Sequence[str | os.PathLike], config: BenchConfig | None = None, *,
+def run_bench(targets: Sequence[Any], config: BenchConfig | None = None, *,
               baselines: Sequence[Any] = (), eval_data: str | os.PathLike | None = None,
               out: str | os.PathLike | None = None, progress: bool = True) -> dict[str, Any]:
     """Measure ``targets`` (bundles, GGUF files, export directories) and ``baselines`` on this device.
 
-    ``baselines``: model paths, or ``(label, path)`` pairs; the first is the reference of every ratio
-    (else the first configuration). ``eval_data``: a directory of ``<domain>.jsonl`` instead of the
+    ``targets`` and ``baselines``: paths, or ``(label, path)`` pairs (the label names the rows); the
+    first baseline is the reference of every ratio (else the first configuration). ``eval_data``: a directory of ``<domain>.jsonl`` instead of the
     first bundle's ``eval/``. Writes report.json, report.md and plots to ``out`` (default
     ``bench-report/``) and returns the report.
     """
@@ -241,7 +241,7 @@ def run_bench(targets: Sequence[str | os.PathLike], config: BenchConfig | None =
     reference = next((c.name for c in configs if c.kind == "baseline"), configs[0].name)
     add_ratios(records, reference)
     report = {
-        "bench": {"config": config.to_dict(), "targets": [str(t) for t in targets],
+        "bench": {"config": config.to_dict(), "targets": [str(t[1] if isinstance(t, tuple) else t) for t in targets],
                   "baselines": [str(b[1] if isinstance(b, tuple) else b) for b in baselines], "reference": reference,
                   "isolation": "one spawned worker process per configuration; requests sent one at a time",
                   "eval_data": {"source": source, "domains": {d: {"pieces": len(pieces[d]),

@@ -164,35 +164,41 @@ def _model_label(path: Path) -> str:
     return path.stem if path.is_file() else path.resolve().name
 
 
-def plan_configurations(targets: Sequence[str | os.PathLike], baselines: Sequence[Any] = (),
+def _labelled(item: Any) -> tuple[str | None, Path]:
+    """(label or None, path) of a target or baseline given as a path or a ``(label, path)`` pair."""
+    label, path = item if isinstance(item, tuple) else (None, item)
+    return label, Path(path)
+
+
+def plan_configurations(targets: Sequence[Any], baselines: Sequence[Any] = (),
                         threads: int | None = None) -> tuple[list[Configuration], dict[str, Ensemble], list[dict]]:
     """(configurations, {bundle path: loaded bundle}, skipped strategies): baselines first, then the targets.
 
-    ``baselines``: paths, or ``(label, path)`` pairs (a registered model's name as its label).
+    ``targets`` and ``baselines``: paths, or ``(label, path)`` pairs. A label names a model's row, or
+    prefixes a bundle's rows (``label/member``, ``label[strategy]``) instead of the directory's name.
     """
     configs: list[Configuration] = []
     bundles: dict[str, Ensemble] = {}
     skipped: list[dict] = []
     taken: set[str] = set()
     for item in baselines:
-        label, path = item if isinstance(item, tuple) else (None, item)
-        path = Path(path)
+        label, path = _labelled(item)
         if not path.exists():
             raise BenchError(f"baseline {str(path)!r}: no such file or directory")
         name = _unique(label or _model_label(path), taken)
         configs.append(Configuration(name, "baseline", str(path), size_bytes=artifact_bytes(path), threads=threads,
                                      weight_bytes={name: token_bytes(path)}))
     for target in targets:
-        path = Path(target)
+        label, path = _labelled(target)
         if not path.exists():
             raise BenchError(f"{path}: no such bundle or model (pass a bundle directory, a .gguf file or an export directory)")
         if not (path / ENSEMBLE_FILE).is_file():
-            name = _unique(_model_label(path), taken)
+            name = _unique(label or _model_label(path), taken)
             configs.append(Configuration(name, "model", str(path), size_bytes=artifact_bytes(path), threads=threads,
                                          weight_bytes={name: token_bytes(path)}))
             continue
         ens = bundles[str(path)] = load_bundle(path)
-        label = path.resolve().name
+        label = label or path.resolve().name
         sizes = {m.name: sum(int(f["bytes"]) for f in m.manifest["files"].values()) for m in ens.members.values()}
         per_token = {m.name: token_bytes(m.dir) for m in ens.members.values()}
         for m in ens.members.values():
