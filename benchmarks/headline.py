@@ -93,7 +93,29 @@ def teacher_export(quant: str, log) -> Path:
     return art
 
 
-def targets(records: list[dict], domains: list[str], teacher: str, generalist: str | None, gemma: str | None) -> list[dict]:
+def closing_widths(generalist: dict, teacher: dict, domains: list[str], laws: dict) -> dict[str, dict]:
+    """Per domain, the FFN width at which the compression law (fitted by width_sweep.py on its own points)
+    predicts a member as good as the generalist: sigma = generalist / teacher bits-per-byte on this text."""
+    from edge_downscale.compress.laws import QualityLawFit, critical_ratio
+
+    out = {}
+    for d in domains:
+        law = laws.get(d)
+        if not law or "fit" not in law:
+            continue
+        fit = QualityLawFit.from_dict(law["fit"])
+        sigma = generalist["domains"][d]["bpb"] / teacher["domains"][d]["bpb"]
+        width = law["width_line"]  # bytes-per-token share = intercept + slope * width
+        out[d] = {"sigma": sigma}
+        for budget in law["break_even"]:
+            crit = critical_ratio(fit, sigma, D=None if budget == "None" else float(budget))
+            out[d][f"kd_{budget}"] = {"r_crit": crit.r_crit, "note": crit.note, "ffn_width": None if crit.r_crit is None
+                                      else round((1 - crit.r_crit - width["intercept"]) / width["slope"])}
+    return out
+
+
+def targets(records: list[dict], domains: list[str], teacher: str, generalist: str | None, gemma: str | None,
+            laws: dict | None = None) -> list[dict]:
     by = {r["name"]: r for r in records}
     out = []
     for r in records:
@@ -106,6 +128,7 @@ def targets(records: list[dict], domains: list[str], teacher: str, generalist: s
         row["mc_vs_teacher"] = {d: r["domains"][d]["mc_acc"] - t["domains"][d]["mc_acc"] for d in domains}
         if generalist in by:
             row["beats_generalist"] = {d: r["domains"][d]["bpb"] - by[generalist]["domains"][d]["bpb"] for d in domains}
+            row["to_match_generalist"] = closing_widths(by[generalist], t, domains, laws or {})
         if gemma in by:
             g = by[gemma]
             row["beats_gemma"] = {d: r["domains"][d]["bpb"] - g["domains"][d]["bpb"] for d in domains}
@@ -142,6 +165,8 @@ def main() -> None:
     ap.add_argument("--mc-items", type=int, default=40, help="multiple-choice items per domain")
     ap.add_argument("--rounds", type=int, default=6, help="timed speed/energy rounds (each sends one request to every "
                     "configuration; the prompts cycle over the domains, so 6 rounds ask each domain twice)")
+    ap.add_argument("--laws", default=str(ROOT / "results/width_sweep.json"), help="width_sweep.py's JSON: its "
+                    "compression laws say what width would match the generalist where the ensemble does not")
     ap.add_argument("--out", default=str(ROOT / "results/headline"), help="bench report directory")
     ap.add_argument("--json", default=str(ROOT / "results/headline.json"))
     args = ap.parse_args()
@@ -188,7 +213,8 @@ def main() -> None:
     records = report["records"]
     # build time = the seconds every task of the build took when it ran (also for tasks this run reused)
     build_s = {name: sum(t["seconds"] or 0 for t in b["tasks"]) for name, b in builds.items()}
-    checks = targets(records, domains, baselines[0][0], "generalist", None if args.no_gemma else "gemma3-270m")
+    laws = json.loads(Path(args.laws).read_text(encoding="utf-8")).get("laws") if Path(args.laws).is_file() else None
+    checks = targets(records, domains, baselines[0][0], "generalist", None if args.no_gemma else "gemma3-270m", laws)
     text = table(records, domains, build_s)
     print(text)
     print(json.dumps(checks, indent=2))

@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -146,7 +147,56 @@ def main() -> None:
                                f"{r['member_bpb']:.4f}", f"{r['teacher_bpb']:.4f}", f"{r['vs_teacher']:+.4f}",
                                f"{r['bench_vs_teacher']:+.4f}" if "bench_vs_teacher" in r else "-", "yes" if r["recipe"] else ""] for r in rows)])
     print(table)
-    write_result(args.json, {"recipe": base, "runs": runs, "rows": rows, "table": table})
+    laws = fit_laws(rows, recipe)
+    for d, law in laws.items():
+        print(f"{d}: {law['summary']}")
+    write_result(args.json, {"recipe": base, "runs": runs, "rows": rows, "table": table, "laws": laws})
+
+
+LAW_TOKENS_UNIT = 1e4  # KD budgets of 32k-128k tokens span 3-13 units (the law's D term wants ~0.1-100)
+
+
+def fit_laws(rows: list[dict], recipe) -> dict[str, dict]:
+    """Per domain, the compression law fitted on its rows at the recipe's adaptation budget, and the
+    narrowest FFN width that still breaks even with the dense teacher (sigma = 1) per the law.
+
+    A point: r = the share of the teacher's weight bytes per token the member no longer reads, D = its
+    KD tokens, L0 = the dense teacher's bits-per-byte, L = the member's (both on the 24 kB held-out text).
+    """
+    from edge_downscale.compress.laws import LawPoint, critical_ratio, fit_quality_law
+    from edge_downscale.errors import LawFitError
+
+    out = {}
+    for d in recipe.domain_names:
+        adapt = recipe.section("adapt", d).train.token_budget if "adapt" in recipe.stages else 0
+        mine = [r for r in rows if r["domain"] == d and r["adapt_tokens"] == adapt and r.get("recover_tokens")]
+        if len(mine) < 3:
+            continue
+        # bytes per token are linear in the FFN width: width_at(r) inverts that line
+        slope, icpt = (float(x) for x in np.polyfit([r["ffn_width"] for r in mine],
+                                                    [r["weight_bytes_vs_teacher"] for r in mine], 1))
+        width_at = lambda r: None if r is None else int(round(((1 - min(r, 1.0)) - icpt) / slope))  # noqa: E731
+        try:
+            fit = fit_quality_law([LawPoint(r=1 - r["weight_bytes_vs_teacher"], D=r["recover_tokens"],
+                                            L0=r["teacher_bpb"], L=r["member_bpb"]) for r in mine],
+                                  "bpb", tokens_unit=LAW_TOKENS_UNIT)
+        except LawFitError as e:
+            out[d] = {"summary": f"no fit ({e})"}
+            continue
+        kd = recipe.section("recover", d).train.token_budget
+        budgets = (kd,) if fit.gamma is None else (kd, None)  # one KD budget measured: no D -> inf limit
+        even = {str(D): critical_ratio(fit, 1.0, D=D).to_dict() for D in budgets}
+        for c in even.values():
+            c["ffn_width"] = width_at(c["r_crit"])
+        unlimited = (f"{even['None']['ffn_width']} with unlimited KD" if "None" in even else
+                     "unlimited KD not identifiable (one KD budget measured)")
+        out[d] = {"adapt_tokens": adapt, "points": len(mine), "fit": fit.to_dict(), "break_even": even,
+                  "width_line": {"slope": slope, "intercept": icpt},
+                  "summary": (f"{len(mine)} points, beta {fit.beta:.3f}, gamma "
+                              f"{'-' if fit.gamma is None else format(fit.gamma, '.3f')}, R^2 {fit.r2 or 0:.3f}; "
+                              f"breaks even with the teacher down to FFN width {even[str(kd)]['ffn_width']} at "
+                              f"{kd} KD tokens; {unlimited}")}
+    return out
 
 
 def _bpb(model: Path, texts: list[str], cfg) -> float:
