@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/headline.py [--recipe examples/recipes/smollm2-edge.yaml] [--profile P]
                                             [--quick] [--no-gemma] [--json results/headline.json]
+    .venv/bin/python benchmarks/headline.py --targets-only   # the targets of the last run, with the current laws
 
 One run, one machine, one runtime, the same held-out test text and multiple-choice items (the
 specialists' bundle carries them), every configuration benched side by side (`edge_downscale.bench`,
@@ -151,6 +152,19 @@ def table(records: list[dict], domains: list[str], build_s: dict[str, float]) ->
     return markdown_table(rows)
 
 
+def summarise(records: list[dict], builds: dict, teacher: str, domains: list[str], args) -> dict:
+    """The table and the targets of a finished bench (printed too)."""
+    # build time = the seconds every task of the build took when it ran (also for tasks this run reused)
+    build_s = {name: sum(t["seconds"] or 0 for t in b["tasks"]) for name, b in builds.items()}
+    laws = json.loads(Path(args.laws).read_text(encoding="utf-8")).get("laws") if Path(args.laws).is_file() else None
+    names = {r["name"] for r in records}
+    checks = targets(records, domains, teacher, "generalist", "gemma3-270m" if "gemma3-270m" in names else None, laws)
+    text = table(records, domains, build_s)
+    print(text)
+    print(json.dumps(checks, indent=2))
+    return {"targets": checks, "table": text, "laws": args.laws if laws else None}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--recipe", default=str(ROOT / "examples/recipes/smollm2-edge.yaml"))
@@ -169,9 +183,19 @@ def main() -> None:
                     "compression laws say what width would match the generalist where the ensemble does not")
     ap.add_argument("--out", default=str(ROOT / "results/headline"), help="bench report directory")
     ap.add_argument("--json", default=str(ROOT / "results/headline.json"))
+    ap.add_argument("--targets-only", action="store_true", help="build and bench nothing: check the targets of the "
+                    "run in --json again (with the current --laws) and rewrite its table and targets")
     args = ap.parse_args()
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     t_start = time.perf_counter()
+    if args.targets_only:
+        if not Path(args.json).is_file():
+            sys.exit(f"headline: --targets-only reads a finished run, and {args.json} does not exist")
+        done = json.loads(Path(args.json).read_text(encoding="utf-8"))
+        done.pop("environment", None)
+        write_result(args.json, {**done, **summarise(done["records"], done["builds"], done["bench"]["reference"],
+                                                     [d["name"] for d in done["recipe"]["domains"]], args)})
+        return
 
     recipe = load_recipe(args.recipe, args.profile)
     base = recipe.to_dict()
@@ -210,17 +234,10 @@ def main() -> None:
     config = dataclasses.replace(config, overwrite=True)  # the study owns its report directory
     report = run_bench([("specialists", str(tmp / "specialists"))] + [(label, str(p)) for label, p in members], config,
                        baselines=baselines, out=args.out, progress=True)
-    records = report["records"]
-    # build time = the seconds every task of the build took when it ran (also for tasks this run reused)
-    build_s = {name: sum(t["seconds"] or 0 for t in b["tasks"]) for name, b in builds.items()}
-    laws = json.loads(Path(args.laws).read_text(encoding="utf-8")).get("laws") if Path(args.laws).is_file() else None
-    checks = targets(records, domains, baselines[0][0], "generalist", None if args.no_gemma else "gemma3-270m", laws)
-    text = table(records, domains, build_s)
-    print(text)
-    print(json.dumps(checks, indent=2))
+    records = [{k: v for k, v in r.items() if k not in ("rounds", "per_round")} for r in report["records"]]
     write_result(args.json, {"recipe": base, "profile": args.profile, "builds": builds, "bench": report["bench"],
-                             "records": [{k: v for k, v in r.items() if k not in ("rounds", "per_round")} for r in records],
-                             "targets": checks, "table": text, "seconds": round(time.perf_counter() - t_start, 1)})
+                             "records": records, **summarise(records, builds, baselines[0][0], domains, args),
+                             "seconds": round(time.perf_counter() - t_start, 1)})
     for name in ("quality_vs_energy.png", "bpb_by_domain.png"):
         if (Path(args.out) / name).is_file():
             shutil.copyfile(Path(args.out) / name, ROOT / "results" / f"headline_{name}")
