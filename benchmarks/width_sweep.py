@@ -94,12 +94,23 @@ def main() -> None:
                     "column (headline.py's --max-bytes): the text the headline study scores")
     ap.add_argument("--merge", action="store_true", help="keep the earlier rows of --json that this run does not "
                     "measure again (same domain, adaptation budget, recovery budget and width)")
+    ap.add_argument("--laws-only", action="store_true", help="build nothing: fit the laws again on the rows of --json")
     args = ap.parse_args()
     command = " ".join([".venv/bin/python benchmarks/width_sweep.py", *sys.argv[1:]])
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     t0 = time.perf_counter()
     recipe = load_recipe(args.recipe)
     base = recipe.to_dict()
+    if args.laws_only:
+        if not Path(args.json).is_file():
+            sys.exit(f"width_sweep: --laws-only reads the rows of {args.json}, which does not exist")
+        done = json.loads(Path(args.json).read_text(encoding="utf-8"))
+        done.pop("environment", None)
+        laws = fit_laws(done["rows"], recipe)
+        for d, law in laws.items():
+            print(f"{d}: {law['summary']}")
+        write_result(args.json, {**done, "laws": laws})
+        return
     entries = [parse_entry(e, recipe.domain_names) for e in args.entries]
     rows, teacher = [], {}
     with tempfile.TemporaryDirectory(prefix="width-sweep-") as tmp:
@@ -184,8 +195,11 @@ def fit_laws(rows: list[dict], recipe) -> dict[str, dict]:
             out[d] = {"summary": f"no fit ({e})"}
             continue
         kd = recipe.section("recover", d).train.token_budget
-        budgets = (kd,) if fit.gamma is None else (kd, None)  # one KD budget measured: no D -> inf limit
-        even = {str(D): critical_ratio(fit, 1.0, D=D).to_dict() for D in budgets}
+        if fit.gamma is None:  # one KD budget measured: the law holds at that budget only, and has no D -> inf limit
+            kd, budgets = int(fit.fixed_D), (fit.fixed_D,)
+        else:
+            budgets = (kd, None)
+        even = {str(None if D is None else int(D)): critical_ratio(fit, 1.0, D=D).to_dict() for D in budgets}
         for c in even.values():
             c["ffn_width"] = width_at(c["r_crit"])
         unlimited = (f"{even['None']['ffn_width']} with unlimited KD" if "None" in even else
