@@ -106,13 +106,18 @@ def closing_widths(generalist: dict, teacher: dict, domains: list[str], laws: di
             continue
         fit = QualityLawFit.from_dict(law["fit"])
         sigma = generalist["domains"][d]["bpb"] / teacher["domains"][d]["bpb"]
-        width = law["width_line"]  # bytes-per-token share = intercept + slope * width
         out[d] = {"sigma": sigma}
         for budget in law["break_even"]:
             crit = critical_ratio(fit, sigma, D=None if budget == "None" else float(budget))
-            out[d][f"kd_{budget}"] = {"r_crit": crit.r_crit, "note": crit.note, "ffn_width": None if crit.r_crit is None
-                                      else round((1 - crit.r_crit - width["intercept"]) / width["slope"])}
+            out[d][f"kd_{budget}"] = {"r_crit": crit.r_crit, "note": crit.note,
+                                      "ffn_width": width_at(law["width_line"], crit.r_crit)}
     return out
+
+
+def width_at(line: dict, r: float | None) -> int | None:
+    """The FFN width that reads ``1 - r`` of the teacher's weight bytes per token, on ``line`` (the share of
+    bytes as ``intercept + slope * width``, fitted on measured members); None for no ratio."""
+    return None if r is None else int(round((1 - min(r, 1.0) - line["intercept"]) / line["slope"]))
 
 
 def targets(records: list[dict], domains: list[str], teacher: str, generalist: str | None, gemma: str | None,

@@ -2,8 +2,9 @@
 
 Each ``DOMAIN:RATIO[:MULTIPLE][:kd=TOKENS][:adapt=TOKENS]`` entry builds the recipe with that domain's
 ``prune`` override replaced, and its recovery or adaptation budget where given (``edge-downscale build``,
-cached by content, so the other domains and every finished task are reused), then sets the member's held-out bits-per-byte (the build's own ``heldout_bpb``: the bundle's test text,
-the member's bundled quantisation) against the dense teacher's, exported at the same quantisation and
+cached by content, so the other domains and every finished task are reused), then sets the member's
+held-out bits-per-byte (the build's own ``heldout_bpb``: the bundle's test text, the member's bundled
+quantisation) against the dense teacher's, exported at the same quantisation and
 scored on the same text. The recipe's own widths are the first row of every domain. Prints a table and
 writes JSON; ``--merge`` keeps the rows of earlier runs in that JSON that this run did not rebuild (each
 row names the command that measured it).
@@ -26,7 +27,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from headline import teacher_export  # noqa: E402
+from headline import teacher_export, width_at  # noqa: E402
 
 from edge_downscale._io import write_result  # noqa: E402
 from edge_downscale.bench import BenchConfig, split_pieces  # noqa: E402
@@ -63,24 +64,17 @@ def parse_entry(text: str, domains: list[str]) -> tuple[str, dict]:
     return name, over
 
 
-def build_variant(base: dict, domain: str | None, over: dict | None, tmp: Path, work_dir: str | None, log):
+def build_variant(base: dict, name: str, domain: str | None, over: dict | None, tmp: Path, work_dir: str | None, log):
     """(build summary, the variant's recipe): ``base`` with ``domain``'s overrides replaced by ``over``."""
     doc = copy.deepcopy({k: v for k, v in base.items() if k != "source"})
     if domain is not None:
         for d in doc["domains"]:
             if d["name"] == domain:
                 d.update(copy.deepcopy(over))
-    name = "recipe" if domain is None else "-".join([domain, *(f"{k}{v}" for k, v in _flat(over))])
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
     summary = build(BuildConfig(recipe=str(path), out=str(tmp / name), work_dir=work_dir, overwrite=True), echo=log)
     return summary, load_recipe(str(path))
-
-
-def _flat(over: dict):
-    for stage, values in over.items():
-        for k, v in values.items():
-            yield from (_flat({f"{stage}.{k}": v}) if isinstance(v, dict) else [(f"{stage}.{k}=", v)])
 
 
 def main() -> None:
@@ -114,8 +108,9 @@ def main() -> None:
     entries = [parse_entry(e, recipe.domain_names) for e in args.entries]
     rows, teacher = [], {}
     with tempfile.TemporaryDirectory(prefix="width-sweep-") as tmp:
-        for domain, over in [(None, None), *entries]:
-            summary, variant = build_variant(base, domain, over, Path(tmp), args.work_dir, log)
+        for i, (domain, over) in enumerate([(None, None), *entries]):
+            summary, variant = build_variant(base, "recipe" if i == 0 else f"entry{i}", domain, over, Path(tmp),
+                                             args.work_dir, log)
             bundle = Path(summary["bundle"])
             evals = read_eval_data(bundle / "eval")
             tasks = {(t["kind"], t["domain"]): t for t in summary["tasks"]}
@@ -183,10 +178,10 @@ def fit_laws(rows: list[dict], recipe) -> dict[str, dict]:
         mine = [r for r in rows if r["domain"] == d and r["adapt_tokens"] == adapt and r.get("recover_tokens")]
         if len(mine) < 3:
             continue
-        # bytes per token are linear in the FFN width: width_at(r) inverts that line
+        # bytes per token are linear in the FFN width: width_at(line, r) inverts that line
         slope, icpt = (float(x) for x in np.polyfit([r["ffn_width"] for r in mine],
                                                     [r["weight_bytes_vs_teacher"] for r in mine], 1))
-        width_at = lambda r: None if r is None else int(round(((1 - min(r, 1.0)) - icpt) / slope))  # noqa: E731
+        line = {"slope": slope, "intercept": icpt}
         try:
             fit = fit_quality_law([LawPoint(r=1 - r["weight_bytes_vs_teacher"], D=r["recover_tokens"],
                                             L0=r["teacher_bpb"], L=r["member_bpb"]) for r in mine],
@@ -201,11 +196,11 @@ def fit_laws(rows: list[dict], recipe) -> dict[str, dict]:
             budgets = (kd, None)
         even = {str(None if D is None else int(D)): critical_ratio(fit, 1.0, D=D).to_dict() for D in budgets}
         for c in even.values():
-            c["ffn_width"] = width_at(c["r_crit"])
+            c["ffn_width"] = width_at(line, c["r_crit"])
         unlimited = (f"{even['None']['ffn_width']} with unlimited KD" if "None" in even else
                      "unlimited KD not identifiable (one KD budget measured)")
         out[d] = {"adapt_tokens": adapt, "points": len(mine), "fit": fit.to_dict(), "break_even": even,
-                  "width_line": {"slope": slope, "intercept": icpt},
+                  "width_line": line,
                   "summary": (f"{len(mine)} points, beta {fit.beta:.3f}, gamma "
                               f"{'-' if fit.gamma is None else format(fit.gamma, '.3f')}, R^2 {fit.r2 or 0:.3f}; "
                               f"breaks even with the teacher down to FFN width {even[str(kd)]['ffn_width']} at "
