@@ -61,7 +61,21 @@ def test_scores_like_the_torch_source(quant, fused, tiny_backend, tiny_model_dir
 
 def test_greedy_decoding_with_the_kv_cache_matches_torch(fused, tiny_greedy):
     prompt, ref = tiny_greedy
+    backend = OnnxBackend(fused["fp32"])
+    assert backend.shares_kv_buffer  # GroupQueryAttention writes the cache in place
+    assert backend.greedy(prompt, 12, stop_at_eos=False) == ref
+
+
+@pytest.mark.parametrize("capacity", [1, 4, 7])
+def test_a_shared_kv_buffer_that_grows_mid_generation_decodes_the_same(fused, tiny_greedy, monkeypatch, capacity):
+    from edge_downscale.runtime.onnx import _BoundDecoder
+
+    prompt, ref = tiny_greedy
+    monkeypatch.setattr(_BoundDecoder, "capacity", capacity)  # smaller than the prompt, or reached mid-decode
     assert OnnxBackend(fused["fp32"]).greedy(prompt, 12, stop_at_eos=False) == ref
+    copying = OnnxBackend(fused["fp32"])
+    copying.shares_kv_buffer = False  # the past -> present loop of optimum's graphs
+    assert copying.greedy(prompt, 12, stop_at_eos=False) == ref
 
 
 def test_a_pruned_width_exports(tiny_model_dir, tmp_path):

@@ -21,6 +21,7 @@ from .generation import ContextOverflowError
 from .base import END_OF_TURN_TEXTS, Backend, log_softmax_gather
 
 MODEL_FILE = MODEL_FILES["onnx"]
+GENAI_CONFIG = "genai_config.json"  # written by onnxruntime-genai's model builder next to a fused export
 DEVICES = ("cpu", "cuda", "auto")
 _NP_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
@@ -55,10 +56,18 @@ class _BoundDecoder:
     ``present.*`` outputs that onnxruntime allocates on the device: the cache never passes through
     numpy. A decode step's logits go to one preallocated (1, 1, V) output (on CPU a numpy buffer
     written in place); of the prompt's (1, T, V) logits only the last row is read (in place on CPU).
+
+    A graph whose attention is onnxruntime's ``GroupQueryAttention`` (the fused export; its
+    ``genai_config.json`` says ``past_present_share_buffer``) decodes on CPU with one KV buffer per
+    ``past``/``present`` pair, (1, kv_heads, capacity, head_dim), bound as both: the operator writes
+    the new positions in place and attends over the first ``attention_mask``-many, so no step copies
+    the cache. The capacity starts at :attr:`capacity` positions and doubles (a copy) when full.
     """
 
+    capacity = 256  # KV positions first allocated for a shared buffer
+
     def __init__(self, backend: "OnnxBackend"):
-        ort = require("onnxruntime", "export")
+        self._ort = ort = require("onnxruntime", "export")
         self._session = session = backend._session
         self.limit = backend.context_length
         self.vocab, self.logits_dtype = backend._logits_shape
@@ -74,16 +83,21 @@ class _BoundDecoder:
         if not self.past_names or not outputs.issuperset(self.present_names):
             raise ModelFormatError(f"{backend.model_path}: no KV cache (past_key_values.* -> present.*) to decode "
                                    "with; export with the text-generation-with-past task (edge-downscale export onnx)")
+        self.seen = 0
         self.binding = binding = session.io_binding()
-        for name, empty in backend._past.items():  # (1, kv_heads, 0, head_dim), copied to the device if need be
-            binding.bind_cpu_input(name, empty)
+        binding.bind_output("logits", self.device, self.device_id)  # first, so get_outputs()[0] is the logits
+        self._kv: dict[str, np.ndarray] | None = None  # the shared buffers, by past name
+        if backend.shares_kv_buffer and not cuda:
+            self._grow(min(self.capacity, self.limit), backend._past)
+        else:
+            for name, empty in backend._past.items():  # (1, kv_heads, 0, head_dim), copied to the device if need be
+                binding.bind_cpu_input(name, empty)
         self._step_logits = np.empty((1, 1, self.vocab), dtype=self.logits_dtype)  # CPU: written in place
         self._step_value = (ort.OrtValue.ortvalue_from_numpy(self._step_logits) if not cuda else
                             ort.OrtValue.ortvalue_from_shape_and_type((1, 1, self.vocab), self.logits_dtype,
                                                                       self.device, self.device_id))
         self._itemsize = np.dtype(self.logits_dtype).itemsize
         self._alive = None  # the input ids bound in the last run (onnxruntime reads numpy memory in place on CPU)
-        self.seen = 0
 
     def run(self, ids: np.ndarray) -> np.ndarray:
         """Run ``ids`` (1, n) int64 after the tokens seen so far; the last position's logits (V,) float32."""
@@ -92,6 +106,8 @@ class _BoundDecoder:
         if end > self.limit:
             raise ContextOverflowError(f"decoding past the context length {self.limit}")
         binding = self.binding
+        if self._kv is not None and end > next(iter(self._kv.values())).shape[2]:
+            self._grow(min(max(2 * next(iter(self._kv.values())).shape[2], end), self.limit), self._kv)
         binding.bind_cpu_input("input_ids", ids)
         if self.mask is not None:  # covers past + current tokens
             binding.bind_cpu_input("attention_mask", self.mask[:, :end])
@@ -101,13 +117,15 @@ class _BoundDecoder:
             binding.bind_ortvalue_output("logits", self._step_value)
         else:  # the prompt (1, n, V): onnxruntime allocates it (from its arena, memory already mapped)
             binding.bind_output("logits", self.device, self.device_id)
-        for name in self.present_names:  # a fresh output each step: the previous one is now an input
-            binding.bind_output(name, self.device, self.device_id)
+        if self._kv is None:
+            for name in self.present_names:  # a fresh output each step: the previous one is now an input
+                binding.bind_output(name, self.device, self.device_id)
         self._alive = ids
         self._session.run_with_iobinding(binding)
-        outputs = binding.get_outputs()  # in binding order: logits, present.*
-        for name, present in zip(self.past_names, outputs[1:]):
-            binding.bind_ortvalue_input(name, present)
+        outputs = binding.get_outputs()  # in binding order: logits, then present.*
+        if self._kv is None:
+            for name, present in zip(self.past_names, outputs[1:]):
+                binding.bind_ortvalue_input(name, present)
         self.seen = end
         if n == 1 and self.device == "cpu":
             return self._step_logits[0, 0].astype(np.float32)  # (V,), a copy
@@ -116,6 +134,18 @@ class _BoundDecoder:
             row = (ctypes.c_char * row_bytes).from_address(outputs[0].data_ptr() + (n - 1) * row_bytes)
             return np.frombuffer(row, dtype=self.logits_dtype).astype(np.float32)
         return np.asarray(outputs[0].numpy()[0, -1], dtype=np.float32)  # copies the device logits to the host
+
+    def _grow(self, capacity: int, old: dict[str, np.ndarray]) -> None:
+        """(Re)allocate every shared KV buffer at ``capacity`` positions, keeping the ``seen`` ones."""
+        self._kv = {}
+        for name, present in zip(self.past_names, self.present_names):
+            prev = old[name]  # (1, kv_heads, old capacity, head_dim)
+            buf = np.zeros((*prev.shape[:2], capacity, prev.shape[3]), dtype=prev.dtype)
+            buf[:, :, :self.seen] = prev[:, :, :self.seen]
+            value = self._ort.OrtValue.ortvalue_from_numpy(buf)  # wraps the numpy memory: no copy
+            self.binding.bind_ortvalue_input(name, value)
+            self.binding.bind_ortvalue_output(present, value)
+            self._kv[name] = buf  # owns the memory the bound value wraps
 
 
 class OnnxBackend(Backend):
@@ -152,6 +182,9 @@ class OnnxBackend(Backend):
         self._past = {name: self._empty_past(inp, config) for name, inp in self._inputs.items()
                       if name.startswith("past_key_values.")}
         self._logits_shape = self._logits_info(config)
+        # the fused export's GroupQueryAttention reads and writes one KV buffer in place (see _BoundDecoder)
+        genai = _read_json(self.model_dir / GENAI_CONFIG)
+        self.shares_kv_buffer = bool(genai.get("search", {}).get("past_present_share_buffer")) and bool(self._past)
 
     @staticmethod
     def _session_options(ort, n_threads: int | None):
