@@ -44,7 +44,7 @@ def cached_exports(model: str, fmt: str, quants: Sequence[str] | str, *, verify:
         info = json.loads(manifest.read_text()) if manifest.is_file() else {}
         if (info.get("source", {}).get("sha256") == src_hash
                 and info.get("onnx_graph", "optimum" if graph else None) == graph
-                and (graph != "fused" or _builder_options(art) == FUSED_OPTIONS[q])):
+                and (graph != "fused" or _fused_recipe(art) == (FUSED_OPTIONS[q], "gptq" if q == "int4" else None))):
             out[q] = art
         else:
             missing.append(q)
@@ -66,10 +66,10 @@ def cached_exports(model: str, fmt: str, quants: Sequence[str] | str, *, verify:
     return {q: out[q] for q in names}
 
 
-def _builder_options(art: Path) -> dict | None:
-    """The model builder's options a fused artifact was made with (export_info.json)."""
-    info = art / "export_info.json"
-    return json.loads(info.read_text()).get("builder_options") if info.is_file() else None
+def _fused_recipe(art: Path) -> tuple[dict | None, str | None]:
+    """(the model builder's options, the int4 refit method) a fused artifact was made with (export_info.json)."""
+    info = json.loads((art / "export_info.json").read_text()) if (art / "export_info.json").is_file() else {}
+    return info.get("builder_options"), (info.get("int4_refit") or {}).get("method")
 
 
 def artifact_bytes(art: Path) -> int:

@@ -57,6 +57,7 @@ VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
     "int4 RTN, all 4-bit (head too)": ("int4", {**RTN, "matmul_mixed_precision": "", "shared_embeddings": "true"}),
     "int4 RTN, block 16": ("int4", {**RTN, "block_size": "16"}),
     "int4 k-quant, head 8-bit": ("int4", {**RTN, "algo_config": "k_quant"}),
+    "int4 k-quant, head and mixed layers 8-bit, no GPTQ": ("int4", KQ_MIXED),
     "int4 k-quant, head and mixed layers 8-bit, block 16": ("int4", {**KQ_MIXED, "block_size": "16"}),
     "int4 k-quant, head and mixed layers 8-bit, asymmetric": ("int4", {**KQ_MIXED, "is_symmetric": "false"}),
 }

@@ -47,7 +47,7 @@ def source_directory(model: str | Path) -> Path:
     raise ExportError(f"{model}: an {ref.format} model cannot be re-exported; give its HF source directory")
 
 
-def _gguf_maker(src: Path, work: Path):
+def _gguf_maker(src: Path, work: Path, config: "ExportConfig", log):
     """GGUF: convert once to f32, then quantise each type from it."""
     from .gguf import export_gguf, quantize_gguf
 
@@ -62,7 +62,7 @@ def _gguf_maker(src: Path, work: Path):
     return make
 
 
-def _onnx_optimum_maker(src: Path, work: Path):
+def _onnx_optimum_maker(src: Path, work: Path, config: "ExportConfig", log):
     """ONNX, optimum's unfused graph: export fp32 once, then quantise it with onnxruntime."""
     from .onnx import export_onnx, quantize_onnx
 
@@ -70,16 +70,27 @@ def _onnx_optimum_maker(src: Path, work: Path):
     return lambda quant, art: shutil.copytree(base, art) if quant == "fp32" else quantize_onnx(base, art, quant)
 
 
-def _onnx_fused_maker(src: Path, work: Path):
-    """ONNX, onnxruntime-genai's fused graph: the builder writes (and quantises) each artifact from the source."""
+def _onnx_fused_maker(src: Path, work: Path, config: "ExportConfig", log):
+    """ONNX, onnxruntime-genai's fused graph: the builder writes (and quantises) each artifact from the source;
+    int4 weights are then re-quantised by GPTQ on the calibration corpus's train split (``int4_method``)."""
     from .onnx import export_onnx_fused
 
-    return lambda quant, art: export_onnx_fused(src, art, quant)
+    texts = None
+    if config.int4_method == "gptq" and "int4" in config.quants:
+        from ..data import resolve_corpus
+        from ..data.corpus import iter_texts
+
+        corpus = resolve_corpus(config.calibration or config.domain, progress=False)
+        texts = list(iter_texts(corpus, "train", max_bytes=config.calibration_tokens * CALIBRATION_BYTES_PER_TOKEN))
+    return lambda quant, art: export_onnx_fused(src, art, quant, gptq_texts=texts,
+                                                gptq_tokens=config.calibration_tokens, log=log)
 
 
-# (format, ONNX graph) -> a function (source dir, work dir) -> make(quant, artifact dir)
+# (format, ONNX graph) -> a function (source dir, work dir, config, log) -> make(quant, artifact dir)
 _MAKERS = {("gguf", None): _gguf_maker, ("onnx", "optimum"): _onnx_optimum_maker, ("onnx", "fused"): _onnx_fused_maker}
 ONNX_GRAPHS = ("fused", "optimum")
+INT4_METHODS = ("gptq", "k_quant")  # fused int4: GPTQ over the builder's layout, or the builder's own rounding
+CALIBRATION_BYTES_PER_TOKEN = 8  # text read per calibration token wanted (BPE averages 3-5 bytes a token)
 
 
 def parse_quants(fmt: str, quants: Sequence[str] | str) -> list[str]:
@@ -103,6 +114,9 @@ class ExportConfig(StageConfig):
     ``verify``: score every artifact against the torch source on ``max_bytes`` of ``domain``'s
     held-out text (the parity gate); ``allow_degraded`` keeps an artifact that misses its gate (the
     numbers are still recorded). ``overwrite`` replaces an existing ``out_dir``.
+    ``int4_method`` (fused ONNX int4): ``gptq`` re-quantises the 4-bit weights by GPTQ on
+    ``calibration_tokens`` tokens of the ``calibration`` corpus's train split (default: ``domain``'s,
+    disjoint from the held-out text the gate scores); ``k_quant`` keeps the model builder's rounding.
     """
 
     stage: ClassVar[str] = "export"
@@ -115,6 +129,9 @@ class ExportConfig(StageConfig):
     domain: str = "docs"
     max_bytes: int = 6000
     overwrite: bool = False
+    int4_method: str = "gptq"
+    calibration: str = ""
+    calibration_tokens: int = 8192
 
     def validate(self) -> None:
         check(isinstance(self.out_dir, (str, os.PathLike)) and str(self.out_dir) != "", "out_dir must be a directory path")
@@ -125,6 +142,9 @@ class ExportConfig(StageConfig):
             check(isinstance(getattr(self, name), bool), f"{name} must be true or false")
         check(isinstance(self.domain, str) and self.domain != "", "domain must be a demo domain or a corpus directory")
         check_int(self, "max_bytes", minimum=1)
+        check(self.int4_method in INT4_METHODS, f"unknown int4_method {self.int4_method!r}; available: {', '.join(INT4_METHODS)}")
+        check(isinstance(self.calibration, str), "calibration must be a demo domain or a corpus directory ('' = domain)")
+        check_int(self, "calibration_tokens", minimum=64)
 
 
 def _tokenizer_info(model_dir: Path) -> dict[str, Any]:
@@ -156,7 +176,7 @@ def export_model(model: str | Path, config: ExportConfig, *, log=print) -> list[
         work = tmp / ".work"
         work.mkdir(parents=True)
         t0 = time.perf_counter()
-        make = _MAKERS[fmt, config.onnx_graph if fmt == "onnx" else None](src, work)
+        make = _MAKERS[fmt, config.onnx_graph if fmt == "onnx" else None](src, work, config, log)
         log(f"prepared the {fmt} export in {time.perf_counter() - t0:.1f} s")
         for q in config.quants:
             art = tmp / f"{fmt}-{q}"
@@ -172,6 +192,8 @@ def export_model(model: str | Path, config: ExportConfig, *, log=print) -> list[
             manifests.append(write_manifest(
                 art, format=fmt, quant=q, source_dir=src, context_length=model_config.get("max_position_embeddings"),
                 tokenizer=_tokenizer_info(src), parity=parity,
-                extra={"seconds": round(seconds, 2), **({"onnx_graph": config.onnx_graph} if fmt == "onnx" else {})}))
+                extra={"seconds": round(seconds, 2), **({"onnx_graph": config.onnx_graph} if fmt == "onnx" else {}),
+                       **({"int4_method": config.int4_method} if (fmt, q, config.onnx_graph) == ("onnx", "int4", "fused")
+                          else {})}))
         shutil.rmtree(work)
     return manifests

@@ -12,7 +12,7 @@ These functions check files (onnx.checker, finite weights), not quality: the one
 :func:`edge_downscale.export.export_model`'s, bits-per-byte and KL against the torch source on
 held-out text, recorded in each artifact's ``model.json``.
 
-Quantisations (``ONNX_QUANTS``):
+Quantisations (``ONNX_QUANTS``) of optimum's graph; the fused graph's are ``FUSED_OPTIONS``:
   int8  weight-only MatMulNBits, 8 bits, symmetric, one fp32 scale per ``block_size`` weights, with
         onnxruntime's int8 compute (``accuracy_level`` 4: activations quantised per block at run
         time). See ``ACCURACY_LEVEL`` for why not dynamic (MatMulInteger) quantisation.
@@ -105,7 +105,8 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, overwrite: bool =
 # int8 and int4 use int8 compute (accuracy_level 4: as exact as float compute here, and faster); int4 rounds
 # with k-quant and keeps the LM head (the tied embedding, the most output-sensitive matrix) and llama.cpp's
 # "mixed" set of sensitive matrices (first and last eighth of the layers, every third layer's qkv/v/down) at
-# 8 bits, the only int4 variant measured within the 4% bits-per-byte target.
+# 8 bits, the only builder variant measured within the 4% bits-per-byte target. Its 4-bit weights are then
+# re-quantised by GPTQ when the caller gives calibration text (export_model does: ExportConfig.int4_method).
 FUSED_PROVIDER = {"fp32": "cpu", "int8": "cpu", "int4": "cpu", "fp16": "cuda"}
 FUSED_OPTIONS: dict[str, dict[str, str]] = {
     "fp32": {}, "fp16": {},
@@ -117,7 +118,8 @@ FUSED_OPTIONS: dict[str, dict[str, str]] = {
 
 
 def export_onnx_fused(model_dir: str | Path, out_dir: str | Path, quant: str = "fp32", *, overwrite: bool = False,
-                      options: dict[str, Any] | None = None) -> Path:
+                      options: dict[str, Any] | None = None, gptq_texts: Sequence[str] | None = None,
+                      gptq_tokens: int = 8192, log: Callable[[str], None] = print) -> Path:
     """Export an HF causal-LM directory to onnxruntime-genai's fused decoder graph; return ``out_dir``.
 
     The graph (onnxruntime-genai's model builder) has GroupQueryAttention with rotary embeddings
@@ -126,6 +128,9 @@ def export_onnx_fused(model_dir: str | Path, out_dir: str | Path, quant: str = "
     ``--extra_options``). Inputs and outputs are optimum's names (``input_ids``, ``attention_mask``,
     ``past_key_values.{i}.key/value`` -> ``logits``, ``present.*``), so :class:`OnnxBackend` runs it
     with plain onnxruntime; ``genai_config.json`` lets onnxruntime-genai run it too.
+
+    ``gptq_texts`` (int4 only): calibration text; the builder's 4-bit weights are then re-quantised by
+    GPTQ on ``gptq_tokens`` tokens of it (:func:`edge_downscale.export.gptq.refit_int4`), its 8-bit ones kept.
     """
     if quant not in FUSED_PROVIDER:
         raise ExportError(f"unknown ONNX quantisation {quant!r}; available: {', '.join(FUSED_PROVIDER)}")
@@ -142,18 +147,24 @@ def export_onnx_fused(model_dir: str | Path, out_dir: str | Path, quant: str = "
         if extra:
             cmd += ["--extra_options", *(f"{k}={v}" for k, v in extra.items())]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-        log = Path(scratch) / "builder.log"
-        with log.open("w") as f:
+        builder_log = Path(scratch) / "builder.log"
+        with builder_log.open("w") as f:
             rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, check=False).returncode
         if rc != 0 or not (tmp / MODEL_FILE).is_file():
-            tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            tail = builder_log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
             raise ExportError(f"onnxruntime-genai's model builder could not export {src} ({quant}): {tail[0]}")
+        refit = None
+        if gptq_texts is not None and quant == "int4":
+            from .gptq import refit_int4
+
+            refit = refit_int4(tmp, src, gptq_texts, tokens=gptq_tokens, log=log)
         export_seconds = time.perf_counter() - t0
         _copy_source_files(src, tmp, ("config.json", *TOKENIZER_FILES))  # the runtime reads the source's files
         _check_session(tmp / MODEL_FILE)
         _write_info(tmp, {
             "source": str(src.resolve()), "task": TASK, "format": "onnx", "quantization": quant, "graph": "fused",
             "builder": "onnxruntime-genai", "execution_provider": FUSED_PROVIDER[quant], "builder_options": extra,
+            "int4_refit": refit,
             "opset": _opset(tmp / MODEL_FILE), "export_seconds": round(export_seconds, 3),
             "model_bytes": onnx_bytes(tmp), "versions": library_versions(),
         })
