@@ -9,8 +9,9 @@ from click.testing import CliRunner
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
 # (format, ONNX graph) -> the quantisations the README recommends (GGUF: 8-bit and the default 4-bit type;
-# ONNX: fp32, int8 on the default fused graph and on optimum's)
-RECOMMENDED = {("gguf", None): ("q8_0", "q4_k_m"), ("onnx", "fused"): ("fp32", "int8"), ("onnx", "optimum"): ("fp32", "int8")}
+# ONNX: fp32, int8 on the default fused graph and on optimum's, and the fused graph's GPTQ int4)
+RECOMMENDED = {("gguf", None): ("q8_0", "q4_k_m"), ("onnx", "fused"): ("fp32", "int8", "int4"),
+               ("onnx", "optimum"): ("fp32", "int8")}
 
 
 @pytest.mark.parametrize("fmt,graph", sorted(RECOMMENDED, key=str))
