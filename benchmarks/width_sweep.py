@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from headline import teacher_export, width_at  # noqa: E402
 
 from edge_downscale._io import write_result  # noqa: E402
-from edge_downscale.bench import BenchConfig, split_pieces  # noqa: E402
+from edge_downscale.bench import BenchConfig, piece_bits_per_byte, split_pieces  # noqa: E402
 from edge_downscale.eval import bits_per_byte, markdown_table, read_eval_data  # noqa: E402
 from edge_downscale.pipeline import BuildConfig, build, load_recipe  # noqa: E402
 from edge_downscale.pipeline.cache import STAGE_FILE  # noqa: E402
@@ -215,11 +215,9 @@ def _bpb(model: Path, texts: list[str], cfg) -> float:
 
 
 def _bench_bpb(model: Path, texts: list[str], max_bytes: int) -> float:
-    """Bits-per-byte as ``bench`` scores it: the first ``max_bytes`` cut into pieces, each from BOS."""
-    pieces = split_pieces(texts, BenchConfig().piece_chars, max_bytes)
+    """Bits-per-byte as ``bench`` scores it: the first ``max_bytes`` cut into its pieces, each from BOS."""
     with open_artifact(model) as backend:
-        ctx = backend.context_length
-        return bits_per_byte(backend, pieces, max_length=ctx, stride=max(1, ctx // 2)).bits_per_byte
+        return piece_bits_per_byte(backend, split_pieces(texts, BenchConfig().piece_chars, max_bytes)).bits_per_byte
 
 
 def _row_key(row: dict) -> tuple:

@@ -25,6 +25,7 @@ from .config import QUICK, BenchConfig
 from .run import DEFAULT_OUT, make_prompts, run_bench, split_pieces
 from .summary import RATIO_METRICS
 from .targets import Configuration, plan_configurations, strategy_plan
+from .worker import piece_bits_per_byte
 
 __all__ = ["QUICK", "BenchConfig", "DEFAULT_OUT", "make_prompts", "run_bench", "split_pieces", "RATIO_METRICS",
-           "Configuration", "plan_configurations", "strategy_plan"]
+           "Configuration", "plan_configurations", "strategy_plan", "piece_bits_per_byte"]

@@ -21,6 +21,13 @@ from ..runtime.generation import default_meter
 from .targets import Configuration, open_model, variant
 
 
+def piece_bits_per_byte(backend, pieces: list[str]):
+    """How bench scores a single model's text: each piece in one window from BOS (the run checks that every
+    piece fits the context, so the window never slides). Returns eval's BitsPerByte."""
+    ctx = backend.context_length
+    return bits_per_byte(backend, pieces, max_length=ctx, stride=max(1, ctx // 2))
+
+
 # --- memory -------------------------------------------------------------------------------------
 
 def rss_mb() -> float | None:
@@ -103,9 +110,8 @@ class BackendSubject:
         return [len(b.prefix_ids) + len(b.tokenize(p)) <= b.context_length for p in pieces]
 
     def quality(self, pieces: list[str], items: list[MCItem]) -> dict[str, Any]:
-        ctx = self.backend.context_length  # every piece fits one window (the run checked): windows never slide
-        bpb = bits_per_byte(self.backend, pieces, max_length=ctx, stride=max(1, ctx // 2))
-        mc = score_items(self.backend, items, max_length=ctx) if items else None
+        bpb = piece_bits_per_byte(self.backend, pieces)
+        mc = score_items(self.backend, items, max_length=self.backend.context_length) if items else None
         return {"nll_nats": bpb.nll_nats, "n_bytes": bpb.n_bytes, "mc_correct": round(mc.accuracy * mc.n_items) if mc else 0,
                 "mc_items": mc.n_items if mc else 0, "fallbacks": 0}
 
