@@ -44,16 +44,24 @@ def test_gptq_moves_the_layer_outputs_less_than_rounding_to_nearest(seed):
     assert torch.linalg.norm(w - wq) / torch.linalg.norm(w) < 0.25  # still a 4-bit copy of w, not another matrix
 
 
-@pytest.mark.parametrize("k", [64, 96])  # an even and an odd number of blocks (zero points padded)
+def test_a_width_that_is_not_whole_blocks_is_padded_with_inactive_inputs():
+    w, x, h = _layer(k=80)  # 2.5 blocks of 32
+    codes, scale, zero = gptq(w, h)
+    assert codes.shape == (48, 96) and scale.shape == (48, 3)
+    wq = dequantise(codes, scale, zero)[:, :80]
+    assert torch.linalg.norm(x @ (w - wq).T) / torch.linalg.norm(x @ w.T) < 0.1
+
+
+@pytest.mark.parametrize("k", [64, 96, 80])  # an even and an odd number of blocks (zero points padded), part blocks
 def test_packed_tensors_compute_what_they_dequantise_to_in_onnxruntime(k):
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
     rng = np.random.default_rng(k)
-    n = 24
-    codes = rng.integers(0, 16, (n, k))
-    scale = rng.random((n, k // 32)) * 0.01 + 1e-3
-    zero = rng.integers(0, 16, (n, k // 32)).astype(np.float64)
+    n, blocks = 24, -(-k // 32)
+    codes = rng.integers(0, 16, (n, blocks * 32))
+    scale = rng.random((n, blocks)) * 0.01 + 1e-3
+    zero = rng.integers(0, 16, (n, blocks)).astype(np.float64)
     packed, scales, zps = pack_matmulnbits(codes, scale, zero)
     inits = [onnx.numpy_helper.from_array(a, name) for a, name in ((packed, "b"), (scales, "s"), (zps, "z"))]
     node = helper.make_node("MatMulNBits", ["x", "b", "s", "z"], ["y"], domain="com.microsoft", K=k, N=n, bits=4,
@@ -63,7 +71,7 @@ def test_packed_tensors_compute_what_they_dequantise_to_in_onnxruntime(k):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     x = rng.standard_normal((1, k)).astype(np.float32)
-    want = x @ dequantise(torch.from_numpy(codes), torch.from_numpy(scale), torch.from_numpy(zero)).numpy().T
+    want = x @ dequantise(torch.from_numpy(codes), torch.from_numpy(scale), torch.from_numpy(zero)).numpy()[:, :k].T
     np.testing.assert_allclose(session.run(None, {"x": x})[0], want, rtol=1e-4, atol=1e-5)
 
 
@@ -88,10 +96,11 @@ def test_the_int4_export_is_refit_by_gptq_from_the_right_source_weights(tiny_mod
         w = torch.cat([modules[s].weight for s in sources]).double()
         n, k = w.shape
         packed, scales, zps = (inits[name] for name in node.input[1:4])
-        codes = np.stack([packed & 15, packed >> 4], -1).reshape(n, k)
-        zero = np.stack([zps & 15, zps >> 4], -1).reshape(n, -1)[:, :k // 32]
+        blocks = -(-k // 32)
+        codes = np.stack([packed & 15, packed >> 4], -1).reshape(n, blocks * 32)
+        zero = np.stack([zps & 15, zps >> 4], -1).reshape(n, -1)[:, :blocks]
         wq = dequantise(torch.from_numpy(codes.astype(np.int64)), torch.from_numpy(scales.reshape(n, -1).astype(np.float64)),
-                        torch.from_numpy(zero.astype(np.float64)))
+                        torch.from_numpy(zero.astype(np.float64)))[:, :k]
         assert torch.linalg.norm(w - wq) / torch.linalg.norm(w) < 0.25, node.name
 
 

@@ -72,17 +72,20 @@ def block_grid(w, h_diag, shrinks: Sequence[float] = GRID_SHRINKS):
 def gptq(weight, hessian, *, block_size: int = 32, damp: float = 0.01, lazy: int = 128):
     """Quantise ``weight`` (N, K) to 4 bits in blocks of ``block_size`` inputs; returns (codes, scale, zero).
 
-    ``hessian``: (K, K) ``2/n X^T X`` of the layer's inputs. codes (N, K) int64 in 0..15, scale and zero
-    (N, K // block_size) float64, so ``weight ~= (codes - zero) * scale`` block by block. Each block's
-    grid is fixed when GPTQ reaches its first column (from the error-updated weights). Columns are
-    processed in ``lazy``-wide batches whose updates to later columns are applied at once.
+    ``hessian``: (K, K) ``2/n X^T X`` of the layer's inputs. codes (N, Kp) int64 in 0..15, scale and zero
+    (N, Kp // block_size) float64, so ``weight ~= (codes - zero) * scale`` block by block; Kp is K
+    rounded up to whole blocks (MatMulNBits' layout), the padding inputs being zero weights. Each
+    block's grid is fixed when GPTQ reaches its first column (from the error-updated weights). Columns
+    are processed in ``lazy``-wide batches whose updates to later columns are applied at once.
     """
     torch = require("torch", "export")
-    W = weight.detach().to(torch.float64).clone()  # (N, K)
-    H = hessian.detach().to(torch.float64).clone()  # (K, K)
-    N, K = W.shape
-    if K % block_size:
-        raise ExportError(f"GPTQ: {K} inputs are not a multiple of the block size {block_size}")
+    N, K = weight.shape
+    Kp = -(-K // block_size) * block_size
+    W = torch.zeros(N, Kp, dtype=torch.float64)  # (N, Kp)
+    W[:, :K] = weight.detach().to(torch.float64)
+    H = torch.zeros(Kp, Kp, dtype=torch.float64)  # (Kp, Kp): padding inputs are never active
+    H[:K, :K] = hessian.detach().to(torch.float64)
+    K = Kp
     dead = torch.diag(H) == 0  # inputs never active in calibration: their weights cannot matter
     H[dead, dead] = 1
     W[:, dead] = 0
@@ -112,7 +115,7 @@ def gptq(weight, hessian, *, block_size: int = 32, damp: float = 0.01, lazy: int
 
 
 def dequantise(codes, scale, zero, block_size: int = 32):
-    """(codes - zero) * scale, blocks expanded: the (N, K) weight a quantisation stands for."""
+    """(codes - zero) * scale, blocks expanded: the (N, Kp) weight a quantisation stands for."""
     torch = require("torch", "export")
     return (codes.to(torch.float64) - torch.repeat_interleave(zero, block_size, 1)) * torch.repeat_interleave(
         scale, block_size, 1)
