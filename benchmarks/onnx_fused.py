@@ -8,7 +8,7 @@ In one run:
 1. Quality. Every ONNX artifact is scored by the export's own parity gate (bits-per-byte delta and
    mean KL against the torch source on held-out ``docs`` text): optimum's graph at fp32/int8/int4
    (onnxruntime's quantiser), the fused graph (onnxruntime-genai's model builder) at fp32/int8/int4,
-   and the int4/int8 variants of ``VARIANTS`` (block size, accuracy level, k-quant rounding, which
+   and the int4/int8 variants of ``VARIANTS`` and ``GPTQ_VARIANTS`` (block size, accuracy level, rounding, which
    matrices stay at 8 bits).
 2. Decode. Per quantisation, four sides interleaved round by round (after a warm-up): our runtime on
    the fused graph, our runtime on optimum's graph, optimum's ``ORTModelForCausalLM.generate`` on
@@ -60,6 +60,10 @@ VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
     "int4 k-quant, head and mixed layers 8-bit, no GPTQ": ("int4", KQ_MIXED),
     "int4 k-quant, head and mixed layers 8-bit, block 16": ("int4", {**KQ_MIXED, "block_size": "16"}),
     "int4 k-quant, head and mixed layers 8-bit, asymmetric": ("int4", {**KQ_MIXED, "is_symmetric": "false"}),
+}
+# name -> (quant, builder options): the builder's layout, then its 4-bit weights refit by GPTQ (as the default is)
+GPTQ_VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
+    "int4 GPTQ, head 8-bit only (k-quant layout)": ("int4", {**RTN, "algo_config": "k_quant"}),
 }
 TARGETS = {"vs_optimum_generate": 2.0, "vs_llamacpp": 0.8, "int8_bpb": 0.02, "int8_kl": 0.05, "int4_bpb": 0.04}
 
@@ -149,9 +153,15 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="onnx_fused-"))
     try:
         if not args.no_variants:
-            for name, (q, options) in VARIANTS.items():
+            from edge_downscale.export import ExportConfig
+            from edge_downscale.export.api import calibration_texts
+
+            calibration = calibration_texts(ExportConfig(out_dir="-", format="onnx", quants="int4"))  # export_model's
+            for name, (q, options) in {**VARIANTS, **GPTQ_VARIANTS}.items():
                 print(f"exporting the variant {name}", flush=True)
-                arts[name] = (q, export_onnx_fused(src, work / name.replace(" ", "_").replace(",", ""), q, options=options))
+                texts = calibration if name in GPTQ_VARIANTS else None
+                arts[name] = (q, export_onnx_fused(src, work / name.replace(" ", "_").replace(",", ""), q, options=options,
+                                                   gptq_texts=texts, log=lambda m: None))
         print("parity against the torch source", flush=True)
         quality = parity_rows(arts, src, args.max_bytes)
     finally:

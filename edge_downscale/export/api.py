@@ -75,15 +75,19 @@ def _onnx_fused_maker(src: Path, work: Path, config: "ExportConfig", log):
     int4 weights are then re-quantised by GPTQ on the calibration corpus's train split (``int4_method``)."""
     from .onnx import export_onnx_fused
 
-    texts = None
-    if config.int4_method == "gptq" and "int4" in config.quants:
-        from ..data import resolve_corpus
-        from ..data.corpus import iter_texts
-
-        corpus = resolve_corpus(config.calibration or config.domain, progress=False)
-        texts = list(iter_texts(corpus, "train", max_bytes=config.calibration_tokens * CALIBRATION_BYTES_PER_TOKEN))
+    texts = calibration_texts(config) if config.int4_method == "gptq" and "int4" in config.quants else None
     return lambda quant, art: export_onnx_fused(src, art, quant, gptq_texts=texts,
                                                 gptq_tokens=config.calibration_tokens, log=log)
+
+
+def calibration_texts(config: "ExportConfig") -> list[str]:
+    """GPTQ's calibration text: the train split of ``config.calibration`` (else ``config.domain``), enough
+    of it for ``calibration_tokens`` tokens."""
+    from ..data import resolve_corpus
+    from ..data.corpus import iter_texts
+
+    corpus = resolve_corpus(config.calibration or config.domain, progress=False)
+    return list(iter_texts(corpus, "train", max_bytes=config.calibration_tokens * CALIBRATION_BYTES_PER_TOKEN))
 
 
 # (format, ONNX graph) -> a function (source dir, work dir, config, log) -> make(quant, artifact dir)
