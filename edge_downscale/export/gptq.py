@@ -27,7 +27,7 @@ LEVELS = 2**BITS - 1  # codes 0..15, dequantised as (code - zero) * scale
 # Shrinks of a block's [min, max] range tried for its grid (the best, by Hessian-weighted error, is kept).
 GRID_SHRINKS = (1.0, 0.95, 0.9, 0.85, 0.8)
 # A fused-graph MatMulNBits node (by name) -> the source linears its weight stacks along the outputs,
-# and the one whose input it shares. Llama-family names (SmolLM2, Llama, Qwen2, Mistral).
+# and the one whose input it shares. Llama-style module names (checked on SmolLM2, a Llama).
 GRAPH_TO_SOURCE: dict[str, tuple[tuple[str, ...], str]] = {
     r"/model/layers\.(\d+)/attn/qkv_proj/MatMul_Q4": (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
                                                        "self_attn.q_proj"),
