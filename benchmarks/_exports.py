@@ -44,7 +44,8 @@ def cached_exports(model: str, fmt: str, quants: Sequence[str] | str, *, verify:
         info = json.loads(manifest.read_text()) if manifest.is_file() else {}
         if (info.get("source", {}).get("sha256") == src_hash
                 and info.get("onnx_graph", "optimum" if graph else None) == graph
-                and (graph != "fused" or _fused_recipe(art) == (FUSED_OPTIONS[q], "gptq" if q == "int4" else None))):
+                and (graph != "fused" or _fused_recipe(art) == (FUSED_OPTIONS[q], ExportConfig.int4_method if q == "int4"
+                                                                 else None))):
             out[q] = art
         else:
             missing.append(q)

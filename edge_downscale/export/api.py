@@ -22,6 +22,7 @@ from ..config import EvalConfig, StageConfig, check, check_int
 from ..errors import ConfigError
 from ..runtime.base import open_artifact
 from .errors import ExportError
+from .gptq import CALIBRATION_TOKENS
 from .manifest import write_manifest
 from .parity import check_parity, enforce
 
@@ -135,7 +136,7 @@ class ExportConfig(StageConfig):
     overwrite: bool = False
     int4_method: str = "gptq"
     calibration: str = ""
-    calibration_tokens: int = 8192
+    calibration_tokens: int = CALIBRATION_TOKENS
 
     def validate(self) -> None:
         check(isinstance(self.out_dir, (str, os.PathLike)) and str(self.out_dir) != "", "out_dir must be a directory path")

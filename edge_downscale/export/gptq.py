@@ -22,6 +22,7 @@ import numpy as np
 from ..errors import require
 from .errors import ExportError
 
+CALIBRATION_TOKENS = 8192  # calibration tokens GPTQ's Hessians are estimated on, by default
 BITS = 4
 LEVELS = 2**BITS - 1  # codes 0..15, dequantised as (code - zero) * scale
 # Shrinks of a block's [min, max] range tried for its grid (the best, by Hessian-weighted error, is kept).
@@ -192,7 +193,7 @@ def _four_bit_nodes(graph) -> list[tuple[object, tuple[str, ...], str]]:
     return out
 
 
-def refit_int4(onnx_dir: str | Path, model_dir: str | Path, texts: Sequence[str], *, tokens: int = 8192,
+def refit_int4(onnx_dir: str | Path, model_dir: str | Path, texts: Sequence[str], *, tokens: int = CALIBRATION_TOKENS,
                seq_len: int = 512, log: Callable[[str], None] = print) -> dict:
     """Re-quantise every 4-bit MatMulNBits weight of the fused export in ``onnx_dir`` by GPTQ, in place.
 

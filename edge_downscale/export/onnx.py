@@ -119,7 +119,7 @@ FUSED_OPTIONS: dict[str, dict[str, str]] = {
 
 def export_onnx_fused(model_dir: str | Path, out_dir: str | Path, quant: str = "fp32", *, overwrite: bool = False,
                       options: dict[str, Any] | None = None, gptq_texts: Sequence[str] | None = None,
-                      gptq_tokens: int = 8192, log: Callable[[str], None] = print) -> Path:
+                      gptq_tokens: int | None = None, log: Callable[[str], None] = print) -> Path:
     """Export an HF causal-LM directory to onnxruntime-genai's fused decoder graph; return ``out_dir``.
 
     The graph (onnxruntime-genai's model builder) has GroupQueryAttention with rotary embeddings
@@ -130,7 +130,8 @@ def export_onnx_fused(model_dir: str | Path, out_dir: str | Path, quant: str = "
     with plain onnxruntime; ``genai_config.json`` lets onnxruntime-genai run it too.
 
     ``gptq_texts`` (int4 only): calibration text; the builder's 4-bit weights are then re-quantised by
-    GPTQ on ``gptq_tokens`` tokens of it (:func:`edge_downscale.export.gptq.refit_int4`), its 8-bit ones kept.
+    GPTQ on ``gptq_tokens`` tokens of it (default: refit_int4's; :func:`edge_downscale.export.gptq.refit_int4`),
+    its 8-bit ones kept.
     """
     if quant not in FUSED_PROVIDER:
         raise ExportError(f"unknown ONNX quantisation {quant!r}; available: {', '.join(FUSED_PROVIDER)}")
@@ -157,7 +158,7 @@ def export_onnx_fused(model_dir: str | Path, out_dir: str | Path, quant: str = "
         if gptq_texts is not None and quant == "int4":
             from .gptq import refit_int4
 
-            refit = refit_int4(tmp, src, gptq_texts, tokens=gptq_tokens, log=log)
+            refit = refit_int4(tmp, src, gptq_texts, log=log, **({"tokens": gptq_tokens} if gptq_tokens else {}))
         export_seconds = time.perf_counter() - t0
         _copy_source_files(src, tmp, ("config.json", *TOKENIZER_FILES))  # the runtime reads the source's files
         _check_session(tmp / MODEL_FILE)

@@ -106,8 +106,8 @@ class _BoundDecoder:
         if end > self.limit:
             raise ContextOverflowError(f"decoding past the context length {self.limit}")
         binding = self.binding
-        if self._kv is not None and end > next(iter(self._kv.values())).shape[2]:
-            self._grow(min(max(2 * next(iter(self._kv.values())).shape[2], end), self.limit), self._kv)
+        if self._kv is not None and end > self._kv_capacity:
+            self._grow(min(max(2 * self._kv_capacity, end), self.limit), self._kv)
         binding.bind_cpu_input("input_ids", ids)
         if self.mask is not None:  # covers past + current tokens
             binding.bind_cpu_input("attention_mask", self.mask[:, :end])
@@ -137,7 +137,7 @@ class _BoundDecoder:
 
     def _grow(self, capacity: int, old: dict[str, np.ndarray]) -> None:
         """(Re)allocate every shared KV buffer at ``capacity`` positions, keeping the ``seen`` ones."""
-        self._kv = {}
+        self._kv, self._kv_capacity = {}, capacity
         for name, present in zip(self.past_names, self.present_names):
             prev = old[name]  # (1, kv_heads, old capacity, head_dim)
             buf = np.zeros((*prev.shape[:2], capacity, prev.shape[3]), dtype=prev.dtype)
