@@ -182,9 +182,12 @@ def fit_laws(rows: list[dict], recipe) -> dict[str, dict]:
         slope, icpt = (float(x) for x in np.polyfit([r["ffn_width"] for r in mine],
                                                     [r["weight_bytes_vs_teacher"] for r in mine], 1))
         line = {"slope": slope, "intercept": icpt}
+        # one dense teacher per domain: rows scored by other llama.cpp builds differ in its 4th decimal, and a
+        # law fitted on L0s that close would read that noise as alpha; every point takes the median
+        L0 = float(np.median([r["teacher_bpb"] for r in mine]))
         try:
             fit = fit_quality_law([LawPoint(r=1 - r["weight_bytes_vs_teacher"], D=r["recover_tokens"],
-                                            L0=r["teacher_bpb"], L=r["member_bpb"]) for r in mine],
+                                            L0=L0, L=r["member_bpb"]) for r in mine],
                                   "bpb", tokens_unit=LAW_TOKENS_UNIT)
         except LawFitError as e:
             out[d] = {"summary": f"no fit ({e})"}
