@@ -100,10 +100,13 @@ def main() -> None:
             sys.exit(f"width_sweep: --laws-only reads the rows of {args.json}, which does not exist")
         done = json.loads(Path(args.json).read_text(encoding="utf-8"))
         done.pop("environment", None)
+        mark_recipe(done["rows"], recipe)
+        table = rows_table(done["rows"])
+        print(table)
         laws = fit_laws(done["rows"], recipe)
         for d, law in laws.items():
             print(f"{d}: {law['summary']}")
-        write_result(args.json, {**done, "laws": laws})
+        write_result(args.json, {**done, "recipe": base, "table": table, "laws": laws})
         return
     entries = [parse_entry(e, recipe.domain_names) for e in args.entries]
     rows, teacher = [], {}
@@ -131,7 +134,7 @@ def main() -> None:
                              "weight_bytes_vs_teacher": weight_bytes_per_token(bundle / "members" / d) /
                              weight_bytes_per_token(teacher_dir),
                              "member_bpb": spec["heldout_bpb"], "teacher_bpb": teacher[spec["quant"], d][0],
-                             "heldout_bytes": spec["heldout_bytes"], "recipe": domain is None,
+                             "heldout_bytes": spec["heldout_bytes"],
                              "bench_bytes": args.bench_bytes, "teacher_bench_bpb": teacher[spec["quant"], d][1],
                              "member_bench_bpb": _bench_bpb(bundle / "members" / d, evals[d][0], args.bench_bytes)})
     for r in rows:
@@ -141,22 +144,39 @@ def main() -> None:
     runs = [{"command": command, "seconds": round(time.perf_counter() - t0, 1), "recipe": base}]
     if args.merge and Path(args.json).is_file():
         earlier = json.loads(Path(args.json).read_text(encoding="utf-8"))
-        rows += [dict(r, recipe=False) for r in earlier.get("rows", []) if _row_key(r) not in {_row_key(n) for n in rows}]
+        rows += [r for r in earlier.get("rows", []) if _row_key(r) not in {_row_key(n) for n in rows}]
         runs = earlier.get("runs", []) + runs
-    rows.sort(key=lambda r: (recipe.domain_names.index(r["domain"]), -r["adapt_tokens"], -r.get("recover_tokens", 0),
-                             -r["ffn_width"]))
-    table = markdown_table([["domain", "adapt tokens", "KD tokens", "FFN width", "ratio", "quant", "MB",
-                             "weight bytes/token vs teacher", "member bpb", "teacher bpb", "vs teacher",
-                             "vs teacher, bench text", "the recipe's"],
-                            *([r["domain"], str(r["adapt_tokens"]), str(r.get("recover_tokens", "?")), str(r["ffn_width"]),
-                               f"{r['ratio']:g}", r["quant"], f"{r['member_mb']:.0f}", f"{r['weight_bytes_vs_teacher']:.3f}",
-                               f"{r['member_bpb']:.4f}", f"{r['teacher_bpb']:.4f}", f"{r['vs_teacher']:+.4f}",
-                               f"{r['bench_vs_teacher']:+.4f}" if "bench_vs_teacher" in r else "-", "yes" if r["recipe"] else ""] for r in rows)])
+    mark_recipe(rows, recipe)
+    table = rows_table(rows)
     print(table)
     laws = fit_laws(rows, recipe)
     for d, law in laws.items():
         print(f"{d}: {law['summary']}")
     write_result(args.json, {"recipe": base, "runs": runs, "rows": rows, "table": table, "laws": laws})
+
+
+def mark_recipe(rows: list[dict], recipe) -> None:
+    """Flag (``recipe``) the rows measured at the recipe's own ratio and budgets, and sort the rows."""
+    def budget(stage: str, d: str) -> int:
+        return recipe.section(stage, d).train.token_budget if stage in recipe.stages else 0
+
+    for r in rows:
+        d = r["domain"]
+        r["recipe"] = (abs(r["ratio"] - recipe.section("prune", d).ratio) < 1e-9 and
+                       r["adapt_tokens"] == budget("adapt", d) and r.get("recover_tokens", 0) == budget("recover", d))
+    rows.sort(key=lambda r: (recipe.domain_names.index(r["domain"]), -r["adapt_tokens"], -r.get("recover_tokens", 0),
+                             -r["ffn_width"]))
+
+
+def rows_table(rows: list[dict]) -> str:
+    return markdown_table([["domain", "adapt tokens", "KD tokens", "FFN width", "ratio", "quant", "MB",
+                            "weight bytes/token vs teacher", "member bpb", "teacher bpb", "vs teacher",
+                            "vs teacher, bench text", "the recipe's"],
+                           *([r["domain"], str(r["adapt_tokens"]), str(r.get("recover_tokens", "?")), str(r["ffn_width"]),
+                              f"{r['ratio']:g}", r["quant"], f"{r['member_mb']:.0f}", f"{r['weight_bytes_vs_teacher']:.3f}",
+                              f"{r['member_bpb']:.4f}", f"{r['teacher_bpb']:.4f}", f"{r['vs_teacher']:+.4f}",
+                              f"{r['bench_vs_teacher']:+.4f}" if "bench_vs_teacher" in r else "-",
+                              "yes" if r["recipe"] else ""] for r in rows)])
 
 
 LAW_TOKENS_UNIT = 1e4  # KD budgets of 32k-128k tokens span 3-13 units (the law's D term wants ~0.1-100)
