@@ -182,8 +182,8 @@ def main() -> None:
                     "instead of writing the union of the domains' train splits")
     ap.add_argument("--max-bytes", type=int, default=6000, help="held-out bytes scored per domain")
     ap.add_argument("--mc-items", type=int, default=40, help="multiple-choice items per domain")
-    ap.add_argument("--rounds", type=int, default=6, help="timed speed/energy rounds (each sends one request to every "
-                    "configuration; the prompts cycle over the domains, so 6 rounds ask each domain twice)")
+    ap.add_argument("--rounds", type=int, default=12, help="timed speed/energy rounds (each sends one request to every "
+                    "configuration; the prompts cycle over the domains, so 12 rounds ask each domain four times)")
     ap.add_argument("--laws", default=str(ROOT / "results/width_sweep.json"), help="width_sweep.py's JSON: its "
                     "compression laws say what width would match the generalist where the ensemble does not")
     ap.add_argument("--out", default=str(ROOT / "results/headline"), help="bench report directory")
