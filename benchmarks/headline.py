@@ -120,9 +120,39 @@ def width_at(line: dict, r: float | None) -> int | None:
     return None if r is None else int(round((1 - min(r, 1.0) - line["intercept"]) / line["slope"]))
 
 
+def energy_interval(rounds: list[dict], reference: list[dict], draws: int = 4000, level: float = 0.95,
+                    seed: int = 0) -> list[float] | None:
+    """Bootstrap interval of one configuration's joules per token over the reference's (sum of joules over sum
+    of answer tokens, as the J/token column): each side's timed rounds resampled within each prompt, so every
+    draw keeps the run's mix of prompts. None without rounds or energy."""
+    import numpy as np
+
+    def per_prompt(rs: list[dict]) -> dict[int, np.ndarray]:  # prompt -> (rounds, 2): joules, tokens
+        out: dict[int, list] = {}
+        for r in rs:
+            out.setdefault(r["prompt"], []).append((r["joules"], r["answer_tokens"]))
+        return {p: np.asarray(v, dtype=float) for p, v in out.items()}
+
+    if not rounds or not reference or any(r["joules"] is None for r in rounds + reference):
+        return None
+    rng = np.random.default_rng(seed)
+    sides = [per_prompt(rounds), per_prompt(reference)]
+    draws_jt = []
+    for side in sides:  # (draws, 2): resampled totals of joules and tokens
+        total = np.zeros((draws, 2))
+        for v in side.values():
+            total += v[rng.integers(0, len(v), size=(draws, len(v)))].sum(axis=1)
+        draws_jt.append(total[:, 0] / total[:, 1])
+    ratio = draws_jt[0] / draws_jt[1]
+    return [float(np.quantile(ratio, (1 - level) / 2)), float(np.quantile(ratio, (1 + level) / 2))]
+
+
 def targets(records: list[dict], domains: list[str], teacher: str, generalist: str | None, gemma: str | None,
-            laws: dict | None = None) -> list[dict]:
+            laws: dict | None = None, rounds: dict[str, list] | None = None) -> list[dict]:
+    """Each routed / mixture ensemble against the targets. ``rounds``: each configuration's timed rounds (the
+    bench report's), for the 95% bootstrap interval of the energy ratio."""
     by = {r["name"]: r for r in records}
+    rounds = rounds or {}
     out = []
     for r in records:
         if r["kind"] != "ensemble" or r.get("strategy") not in ("route", "mixture") or "unpruned" in r["name"]:
@@ -131,6 +161,7 @@ def targets(records: list[dict], domains: list[str], teacher: str, generalist: s
         t = by[teacher]
         row["beats_teacher"] = {d: r["domains"][d]["bpb"] - t["domains"][d]["bpb"] for d in domains}
         row["j_per_token_vs_teacher"] = (r["j_per_token"] / t["j_per_token"]) if r["j_per_token"] and t["j_per_token"] else None
+        row["j_per_token_vs_teacher_95"] = energy_interval(rounds.get(r["name"], []), rounds.get(teacher, []))
         row["mc_vs_teacher"] = {d: r["domains"][d]["mc_acc"] - t["domains"][d]["mc_acc"] for d in domains}
         if generalist in by:
             row["beats_generalist"] = {d: r["domains"][d]["bpb"] - by[generalist]["domains"][d]["bpb"] for d in domains}
@@ -157,13 +188,15 @@ def table(records: list[dict], domains: list[str], build_s: dict[str, float]) ->
     return markdown_table(rows)
 
 
-def summarise(records: list[dict], builds: dict, teacher: str, domains: list[str], args) -> dict:
-    """The table and the targets of a finished bench (printed too)."""
+def summarise(records: list[dict], builds: dict, teacher: str, domains: list[str], args,
+              rounds: dict[str, list] | None = None) -> dict:
+    """The table and the targets of a finished bench (printed too); ``rounds`` as :func:`targets` takes them."""
     # build time = the seconds every task of the build took when it ran (also for tasks this run reused)
     build_s = {name: sum(t["seconds"] or 0 for t in b["tasks"]) for name, b in builds.items()}
     laws = json.loads(Path(args.laws).read_text(encoding="utf-8")).get("laws") if Path(args.laws).is_file() else None
     names = {r["name"] for r in records}
-    checks = targets(records, domains, teacher, "generalist", "gemma3-270m" if "gemma3-270m" in names else None, laws)
+    checks = targets(records, domains, teacher, "generalist", "gemma3-270m" if "gemma3-270m" in names else None, laws,
+                     rounds)
     text = table(records, domains, build_s)
     print(text)
     print(json.dumps(checks, indent=2))
@@ -198,8 +231,11 @@ def main() -> None:
             sys.exit(f"headline: --targets-only reads a finished run, and {args.json} does not exist")
         done = json.loads(Path(args.json).read_text(encoding="utf-8"))
         done.pop("environment", None)
+        report = Path(args.out) / "report.json"  # the bench's own report keeps the timed rounds
+        rounds = ({r["name"]: r["rounds"] for r in json.loads(report.read_text(encoding="utf-8"))["records"]}
+                  if report.is_file() else None)
         write_result(args.json, {**done, **summarise(done["records"], done["builds"], done["bench"]["reference"],
-                                                     [d["name"] for d in done["recipe"]["domains"]], args)})
+                                                     [d["name"] for d in done["recipe"]["domains"]], args, rounds)})
         return
 
     recipe = load_recipe(args.recipe, args.profile)
@@ -241,7 +277,8 @@ def main() -> None:
                        baselines=baselines, out=args.out, progress=True)
     records = [{k: v for k, v in r.items() if k not in ("rounds", "per_round")} for r in report["records"]]
     write_result(args.json, {"recipe": base, "profile": args.profile, "builds": builds, "bench": report["bench"],
-                             "records": records, **summarise(records, builds, baselines[0][0], domains, args),
+                             "records": records, **summarise(records, builds, baselines[0][0], domains, args,
+                                                             {r["name"]: r["rounds"] for r in report["records"]}),
                              "seconds": round(time.perf_counter() - t_start, 1)})
     for name in ("quality_vs_energy.png", "bpb_by_domain.png"):
         if (Path(args.out) / name).is_file():
