@@ -38,6 +38,7 @@ import yaml  # noqa: E402
 
 from edge_downscale._io import atomic_path, cache_dir, write_result  # noqa: E402
 from edge_downscale.bench import BenchConfig, run_bench  # noqa: E402
+from edge_downscale.bench.summary import energy_ratio_interval  # noqa: E402
 from edge_downscale.data import iter_texts  # noqa: E402
 from edge_downscale.eval import markdown_table  # noqa: E402
 from edge_downscale.pipeline import BuildConfig, build, load_recipe  # noqa: E402
@@ -120,33 +121,6 @@ def width_at(line: dict, r: float | None) -> int | None:
     return None if r is None else int(round((1 - min(r, 1.0) - line["intercept"]) / line["slope"]))
 
 
-def energy_interval(rounds: list[dict], reference: list[dict], draws: int = 4000, level: float = 0.95,
-                    seed: int = 0) -> list[float] | None:
-    """Bootstrap interval of one configuration's joules per token over the reference's (sum of joules over sum
-    of answer tokens, as the J/token column): each side's timed rounds resampled within each prompt, so every
-    draw keeps the run's mix of prompts. None without rounds or energy."""
-    import numpy as np
-
-    def per_prompt(rs: list[dict]) -> dict[int, np.ndarray]:  # prompt -> (rounds, 2): joules, tokens
-        out: dict[int, list] = {}
-        for r in rs:
-            out.setdefault(r["prompt"], []).append((r["joules"], r["answer_tokens"]))
-        return {p: np.asarray(v, dtype=float) for p, v in out.items()}
-
-    if not rounds or not reference or any(r["joules"] is None for r in rounds + reference):
-        return None
-    rng = np.random.default_rng(seed)
-    sides = [per_prompt(rounds), per_prompt(reference)]
-    draws_jt = []
-    for side in sides:  # (draws, 2): resampled totals of joules and tokens
-        total = np.zeros((draws, 2))
-        for v in side.values():
-            total += v[rng.integers(0, len(v), size=(draws, len(v)))].sum(axis=1)
-        draws_jt.append(total[:, 0] / total[:, 1])
-    ratio = draws_jt[0] / draws_jt[1]
-    return [float(np.quantile(ratio, (1 - level) / 2)), float(np.quantile(ratio, (1 + level) / 2))]
-
-
 def targets(records: list[dict], domains: list[str], teacher: str, generalist: str | None, gemma: str | None,
             laws: dict | None = None, rounds: dict[str, list] | None = None) -> list[dict]:
     """Each routed / mixture ensemble against the targets. ``rounds``: each configuration's timed rounds (the
@@ -161,7 +135,7 @@ def targets(records: list[dict], domains: list[str], teacher: str, generalist: s
         t = by[teacher]
         row["beats_teacher"] = {d: r["domains"][d]["bpb"] - t["domains"][d]["bpb"] for d in domains}
         row["j_per_token_vs_teacher"] = (r["j_per_token"] / t["j_per_token"]) if r["j_per_token"] and t["j_per_token"] else None
-        row["j_per_token_vs_teacher_95"] = energy_interval(rounds.get(r["name"], []), rounds.get(teacher, []))
+        row["j_per_token_vs_teacher_95"] = energy_ratio_interval(rounds.get(r["name"], []), rounds.get(teacher, []))
         row["mc_vs_teacher"] = {d: r["domains"][d]["mc_acc"] - t["domains"][d]["mc_acc"] for d in domains}
         if generalist in by:
             row["beats_generalist"] = {d: r["domains"][d]["bpb"] - by[generalist]["domains"][d]["bpb"] for d in domains}

@@ -7,6 +7,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -411,3 +412,37 @@ def test_roofline_columns_show_a_dash_when_unknown(report):
     i, j = rows[0].index("roofline tok/s"), rows[0].index("% of roofline")
     assert rows[1][i] != "-" and rows[1][j].endswith("%")
     assert rows[2][i] == "-" and rows[2][j] == "-"
+
+
+def _rounds(joules_by_prompt: dict[int, list[float]], tokens: int = 10) -> list[dict]:
+    return [{"prompt": p, "joules": j, "answer_tokens": tokens} for p, js in joules_by_prompt.items() for j in js]
+
+
+def test_energy_ratio_interval_brackets_the_total_ratio_and_narrows_with_rounds():
+    from edge_downscale.bench.summary import energy_ratio_interval
+
+    rng = np.random.default_rng(1)
+    same = _rounds({0: [2.0, 2.0], 1: [5.0, 5.0]})
+    assert energy_ratio_interval(same, same) == pytest.approx([1.0, 1.0])
+    double = _rounds({0: [4.0, 4.0], 1: [10.0, 10.0]})
+    assert energy_ratio_interval(double, same) == pytest.approx([2.0, 2.0])
+
+    def noisy(n: int, scale: float) -> list[dict]:  # prompt 1 costs 3x prompt 0; 5% noise a round
+        return _rounds({p: list(scale * base * (1 + 0.05 * rng.standard_normal(n))) for p, base in ((0, 1.0), (1, 3.0))})
+
+    few = energy_ratio_interval(noisy(3, 0.8), noisy(3, 1.0))
+    many = energy_ratio_interval(noisy(48, 0.8), noisy(48, 1.0))
+    assert few[0] < many[0] <= 0.8 <= many[1] < few[1]
+    assert many[1] - many[0] < 0.05
+    assert energy_ratio_interval(same, [dict(same[0], joules=None)]) is None
+    assert energy_ratio_interval([], same) is None
+
+
+def test_report_gives_the_energy_interval_against_the_reference(report):
+    rep, out = report
+    ref = next(r for r in rep["records"] if r["name"] == rep["bench"]["reference"])
+    for r in rep["records"]:
+        lo, hi = r["j_per_token_ratio_95"]
+        total = r["j_per_token"] / ref["j_per_token"]  # the J/token column's ratio
+        assert 0 < lo <= total * (1 + 1e-9) and total <= hi * (1 + 1e-9)
+    assert "total J/token, 95%" in (out / "report.md").read_text()

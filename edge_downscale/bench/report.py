@@ -60,9 +60,11 @@ RATIO_COLUMNS = {"bpb": "bpb_mixed", "MC acc": "mc_acc_mixed", "TTFT": "ttft_s",
 
 
 def ratio_rows(records: Sequence[dict[str, Any]]) -> list[list[str]]:
-    rows = [["configuration"] + list(RATIO_COLUMNS)]
+    rows = [["configuration"] + list(RATIO_COLUMNS) + ["total J/token, 95%"]]
     for r in records:
-        rows.append([r["name"]] + [_f(r["ratios"].get(k), 2) for k in RATIO_COLUMNS.values()])
+        ci = r.get("j_per_token_ratio_95")
+        rows.append([r["name"]] + [_f(r["ratios"].get(k), 2) for k in RATIO_COLUMNS.values()] +
+                    [f"{ci[0]:.2f}-{ci[1]:.2f}" if ci else "-"])
     return rows
 
 
@@ -71,7 +73,9 @@ def notes(report: dict[str, Any], plots_note: str | None) -> list[str]:
     b, records = report["bench"], report["records"]
     cfg = b["config"]
     out = [
-        f"Reference for the ratios: {b['reference']} (ratios of per-round figures are medians of per-round ratios).",
+        f"Reference for the ratios: {b['reference']} (ratios of per-round figures are medians of per-round ratios; "
+        "'total J/token, 95%': a bootstrap interval of the J/token column's ratio, total joules over total tokens "
+        "on each side, the rounds resampled within each prompt).",
         "Isolation: each configuration ran in its own worker process (a fresh interpreter, as multiprocessing's "
         "spawn); peak RSS is that process's peak resident set (VmHWM), interpreter and libraries included (rss_before_load_mb in report.json is the "
         "part before the model loaded). Requests ran one at a time, the order rotated each round.",

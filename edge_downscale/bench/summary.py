@@ -9,13 +9,16 @@ model; route's routed member; mixture's mixed members; every vote candidate's an
 author), the memory-bound ceiling ``bandwidth / bytes`` and ``decode_share`` = decode tokens/s over
 that ceiling (:mod:`edge_downscale.runtime.roofline`). Ratios: a per-round figure (TTFT, tokens/s, J/token)
 is the median of its per-round ratios to the reference in the same round (the pair ran back to back,
-so slow drifts of the machine cancel); any other figure is a plain ratio.
+so slow drifts of the machine cancel); any other figure is a plain ratio. ``j_per_token_ratio_95``: a
+bootstrap interval of the J/token column's ratio (total joules over total answer tokens, each side).
 """
 from __future__ import annotations
 
 import math
 import statistics
 from typing import Any, Sequence
+
+import numpy as np
 
 from ..runtime.roofline import roofline_tok_s
 from .targets import Configuration
@@ -123,10 +126,36 @@ def record(config: Configuration, quality: dict, rounds: list[dict], memory: dic
     return rec
 
 
+def energy_ratio_interval(rounds: Sequence[dict[str, Any]], reference: Sequence[dict[str, Any]], *,
+                          level: float = 0.95, draws: int = 4000, seed: int = 0) -> list[float] | None:
+    """Bootstrap interval of ``rounds``' joules per answer token over ``reference``'s, each the total joules over
+    the total tokens of its rounds (what the J/token column is). Each side's rounds are resampled within each
+    prompt, so every draw keeps the run's mix of prompts. None when a round has no energy reading."""
+    def per_prompt(rs: Sequence[dict[str, Any]]) -> list[np.ndarray]:  # one (rounds, 2) array a prompt
+        out: dict[Any, list] = {}
+        for r in rs:
+            out.setdefault(r["prompt"], []).append((r["joules"], r["answer_tokens"]))
+        return [np.asarray(v, dtype=float) for v in out.values()]
+
+    if not rounds or not reference or any(r["joules"] is None for r in [*rounds, *reference]):
+        return None
+    rng = np.random.default_rng(seed)
+    per_token = []
+    for side in (per_prompt(rounds), per_prompt(reference)):
+        totals = np.zeros((draws, 2))  # resampled (joules, tokens) of each draw
+        for v in side:
+            totals += v[rng.integers(0, len(v), size=(draws, len(v)))].sum(axis=1)
+        per_token.append(totals[:, 0] / np.maximum(totals[:, 1], 1))
+    ratio = per_token[0] / per_token[1]
+    return [float(np.quantile(ratio, (1 - level) / 2)), float(np.quantile(ratio, (1 + level) / 2))]
+
+
 def add_ratios(records: list[dict[str, Any]], reference: str) -> None:
-    """``record["ratios"][metric]`` = the record's figure over the reference's (1 for the reference itself)."""
+    """``record["ratios"][metric]`` = the record's figure over the reference's (1 for the reference itself), and
+    ``record["j_per_token_ratio_95"]``: :func:`energy_ratio_interval` of the record against the reference."""
     ref = next(r for r in records if r["name"] == reference)
     for rec in records:
+        rec["j_per_token_ratio_95"] = energy_ratio_interval(rec["rounds"], ref["rounds"])
         ratios: dict[str, float | None] = {}
         for k in RATIO_METRICS:
             if k in PER_ROUND:
