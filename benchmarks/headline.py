@@ -122,11 +122,10 @@ def width_at(line: dict, r: float | None) -> int | None:
 
 
 def targets(records: list[dict], domains: list[str], teacher: str, generalist: str | None, gemma: str | None,
-            laws: dict | None = None, rounds: dict[str, list] | None = None) -> list[dict]:
-    """Each routed / mixture ensemble against the targets. ``rounds``: each configuration's timed rounds (the
-    bench report's), for the 95% bootstrap interval of the energy ratio."""
+            laws: dict | None = None) -> list[dict]:
+    """Each routed / mixture ensemble against the targets (``teacher`` is the bench's reference, so a record's
+    ``j_per_token_ratio_95`` is the interval of its energy ratio to the teacher)."""
     by = {r["name"]: r for r in records}
-    rounds = rounds or {}
     out = []
     for r in records:
         if r["kind"] != "ensemble" or r.get("strategy") not in ("route", "mixture") or "unpruned" in r["name"]:
@@ -135,7 +134,7 @@ def targets(records: list[dict], domains: list[str], teacher: str, generalist: s
         t = by[teacher]
         row["beats_teacher"] = {d: r["domains"][d]["bpb"] - t["domains"][d]["bpb"] for d in domains}
         row["j_per_token_vs_teacher"] = (r["j_per_token"] / t["j_per_token"]) if r["j_per_token"] and t["j_per_token"] else None
-        row["j_per_token_vs_teacher_95"] = energy_ratio_interval(rounds.get(r["name"], []), rounds.get(teacher, []))
+        row["j_per_token_vs_teacher_95"] = r.get("j_per_token_ratio_95")
         row["mc_vs_teacher"] = {d: r["domains"][d]["mc_acc"] - t["domains"][d]["mc_acc"] for d in domains}
         if generalist in by:
             row["beats_generalist"] = {d: r["domains"][d]["bpb"] - by[generalist]["domains"][d]["bpb"] for d in domains}
@@ -162,15 +161,13 @@ def table(records: list[dict], domains: list[str], build_s: dict[str, float]) ->
     return markdown_table(rows)
 
 
-def summarise(records: list[dict], builds: dict, teacher: str, domains: list[str], args,
-              rounds: dict[str, list] | None = None) -> dict:
-    """The table and the targets of a finished bench (printed too); ``rounds`` as :func:`targets` takes them."""
+def summarise(records: list[dict], builds: dict, teacher: str, domains: list[str], args) -> dict:
+    """The table and the targets of a finished bench (printed too)."""
     # build time = the seconds every task of the build took when it ran (also for tasks this run reused)
     build_s = {name: sum(t["seconds"] or 0 for t in b["tasks"]) for name, b in builds.items()}
     laws = json.loads(Path(args.laws).read_text(encoding="utf-8")).get("laws") if Path(args.laws).is_file() else None
     names = {r["name"] for r in records}
-    checks = targets(records, domains, teacher, "generalist", "gemma3-270m" if "gemma3-270m" in names else None, laws,
-                     rounds)
+    checks = targets(records, domains, teacher, "generalist", "gemma3-270m" if "gemma3-270m" in names else None, laws)
     text = table(records, domains, build_s)
     print(text)
     print(json.dumps(checks, indent=2))
@@ -205,11 +202,13 @@ def main() -> None:
             sys.exit(f"headline: --targets-only reads a finished run, and {args.json} does not exist")
         done = json.loads(Path(args.json).read_text(encoding="utf-8"))
         done.pop("environment", None)
-        report = Path(args.out) / "report.json"  # the bench's own report keeps the timed rounds
-        rounds = ({r["name"]: r["rounds"] for r in json.loads(report.read_text(encoding="utf-8"))["records"]}
-                  if report.is_file() else None)
-        write_result(args.json, {**done, **summarise(done["records"], done["builds"], done["bench"]["reference"],
-                                                     [d["name"] for d in done["recipe"]["domains"]], args, rounds)})
+        report, ref = Path(args.out) / "report.json", done["bench"]["reference"]
+        if report.is_file():  # a run benched before bench gave the energy interval: the bench report keeps its rounds
+            rounds = {r["name"]: r["rounds"] for r in json.loads(report.read_text(encoding="utf-8"))["records"]}
+            for r in done["records"]:
+                r.setdefault("j_per_token_ratio_95", energy_ratio_interval(rounds.get(r["name"], []), rounds.get(ref, [])))
+        write_result(args.json, {**done, **summarise(done["records"], done["builds"], ref,
+                                                     [d["name"] for d in done["recipe"]["domains"]], args)})
         return
 
     recipe = load_recipe(args.recipe, args.profile)
@@ -251,8 +250,7 @@ def main() -> None:
                        baselines=baselines, out=args.out, progress=True)
     records = [{k: v for k, v in r.items() if k not in ("rounds", "per_round")} for r in report["records"]]
     write_result(args.json, {"recipe": base, "profile": args.profile, "builds": builds, "bench": report["bench"],
-                             "records": records, **summarise(records, builds, baselines[0][0], domains, args,
-                                                             {r["name"]: r["rounds"] for r in report["records"]}),
+                             "records": records, **summarise(records, builds, baselines[0][0], domains, args),
                              "seconds": round(time.perf_counter() - t_start, 1)})
     for name in ("quality_vs_energy.png", "bpb_by_domain.png"):
         if (Path(args.out) / name).is_file():

@@ -42,6 +42,7 @@ from .._io import atomic_path
 from ..artifacts import MODEL_FILES
 from ..errors import EdgeDownscaleError, require
 from .errors import ExportError
+from .gptq import CALIBRATION_TOKENS
 
 TASK = "text-generation-with-past"
 MODEL_FILE = MODEL_FILES["onnx"]
@@ -119,7 +120,7 @@ FUSED_OPTIONS: dict[str, dict[str, str]] = {
 
 def export_onnx_fused(model_dir: str | Path, out_dir: str | Path, quant: str = "fp32", *, overwrite: bool = False,
                       options: dict[str, Any] | None = None, gptq_texts: Sequence[str] | None = None,
-                      gptq_tokens: int | None = None, log: Callable[[str], None] = print) -> Path:
+                      gptq_tokens: int = CALIBRATION_TOKENS, log: Callable[[str], None] = print) -> Path:
     """Export an HF causal-LM directory to onnxruntime-genai's fused decoder graph; return ``out_dir``.
 
     The graph (onnxruntime-genai's model builder) has GroupQueryAttention with rotary embeddings
@@ -130,8 +131,7 @@ def export_onnx_fused(model_dir: str | Path, out_dir: str | Path, quant: str = "
     with plain onnxruntime; ``genai_config.json`` lets onnxruntime-genai run it too.
 
     ``gptq_texts`` (int4 only): calibration text; the builder's 4-bit weights are then re-quantised by
-    GPTQ on ``gptq_tokens`` tokens of it (default: refit_int4's; :func:`edge_downscale.export.gptq.refit_int4`),
-    its 8-bit ones kept.
+    GPTQ on ``gptq_tokens`` tokens of it (:func:`edge_downscale.export.gptq.refit_int4`), its 8-bit ones kept.
     """
     if quant not in FUSED_PROVIDER:
         raise ExportError(f"unknown ONNX quantisation {quant!r}; available: {', '.join(FUSED_PROVIDER)}")
@@ -158,7 +158,7 @@ def export_onnx_fused(model_dir: str | Path, out_dir: str | Path, quant: str = "
         if gptq_texts is not None and quant == "int4":
             from .gptq import refit_int4
 
-            refit = refit_int4(tmp, src, gptq_texts, log=log, **({"tokens": gptq_tokens} if gptq_tokens else {}))
+            refit = refit_int4(tmp, src, gptq_texts, tokens=gptq_tokens, log=log)
         export_seconds = time.perf_counter() - t0
         _copy_source_files(src, tmp, ("config.json", *TOKENIZER_FILES))  # the runtime reads the source's files
         _check_session(tmp / MODEL_FILE)
