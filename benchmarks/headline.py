@@ -40,7 +40,7 @@ from edge_downscale._io import atomic_path, cache_dir, write_result  # noqa: E40
 from edge_downscale.bench import BenchConfig, run_bench  # noqa: E402
 from edge_downscale.bench.summary import energy_ratio_interval  # noqa: E402
 from edge_downscale.data import iter_texts  # noqa: E402
-from edge_downscale.eval import markdown_table  # noqa: E402
+from edge_downscale.eval import markdown_table, paired_mc_test  # noqa: E402
 from edge_downscale.pipeline import BuildConfig, build, load_recipe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,6 +136,10 @@ def targets(records: list[dict], domains: list[str], teacher: str, generalist: s
         row["j_per_token_vs_teacher"] = (r["j_per_token"] / t["j_per_token"]) if r["j_per_token"] and t["j_per_token"] else None
         row["j_per_token_vs_teacher_95"] = r.get("j_per_token_ratio_95")
         row["mc_vs_teacher"] = {d: r["domains"][d]["mc_acc"] - t["domains"][d]["mc_acc"] for d in domains}
+        # items won / lost against the teacher and McNemar's exact p (runs benched before per-item results: absent)
+        row["mc_paired_vs_teacher"] = {d: paired_mc_test(r["domains"][d]["mc_item_correct"], t["domains"][d]["mc_item_correct"])
+                                       for d in domains if r["domains"][d].get("mc_item_correct")
+                                       and t["domains"][d].get("mc_item_correct")}
         if generalist in by:
             row["beats_generalist"] = {d: r["domains"][d]["bpb"] - by[generalist]["domains"][d]["bpb"] for d in domains}
             row["to_match_generalist"] = closing_widths(by[generalist], t, domains, laws or {})
@@ -186,8 +190,9 @@ def main() -> None:
                     "instead of writing the union of the domains' train splits")
     ap.add_argument("--max-bytes", type=int, default=6000, help="held-out bytes scored per domain")
     ap.add_argument("--mc-items", type=int, default=40, help="multiple-choice items per domain")
-    ap.add_argument("--rounds", type=int, default=12, help="timed speed/energy rounds (each sends one request to every "
-                    "configuration; the prompts cycle over the domains, so 12 rounds ask each domain four times)")
+    ap.add_argument("--rounds", type=int, default=48, help="timed speed/energy rounds (each sends one request to every "
+                    "configuration; the prompts cycle over the domains, so 48 rounds ask each domain 16 times; the "
+                    "rounds take about 9 of the bench's minutes, the quality scoring the rest)")
     ap.add_argument("--laws", default=str(ROOT / "results/width_sweep.json"), help="width_sweep.py's JSON: its "
                     "compression laws say what width would match the generalist where the ensemble does not")
     ap.add_argument("--out", default=str(ROOT / "results/headline"), help="bench report directory")

@@ -124,6 +124,7 @@ def test_per_domain_bpb_and_accuracy_match_the_eval_functions_on_the_member(repo
                 assert got["n_bytes"] == direct.n_bytes == rep["bench"]["eval_data"]["domains"][domain]["bytes"]
                 mc = score_items(b, items[: cfg["mc_items"]], max_length=256)
                 assert got["mc_acc"] == pytest.approx(mc.accuracy)
+                assert got["mc_item_correct"] == list(mc.item_correct)  # per item, for paired tests
     # two different models: the cross-check could fail
     assert recs["bundle/coder"]["bpb_mixed"] != pytest.approx(recs["bundle/writer"]["bpb_mixed"], rel=1e-4)
 

@@ -4,7 +4,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from edge_downscale.eval import bits_per_byte, build_items, score_items, windows
+from edge_downscale.errors import EvalError
+from edge_downscale.eval import bits_per_byte, build_items, paired_mc_test, score_items, windows
 from edge_downscale.runtime.base import Backend, log_softmax_gather
 
 
@@ -119,10 +120,29 @@ def test_mc_scoring_finds_true_continuations_with_a_real_language_model():
     res = score_items(ByteNgram(docs), items)
     assert res.n_items == 60 and res.chance == 0.25
     assert res.accuracy > 0.4  # an n-gram LM fit on this text beats chance clearly
+    assert len(res.item_correct) == 60 and sum(res.item_correct) == round(res.accuracy * 60)
     # shuffling which index is "true" must destroy the signal: guards against misaligned answers
     for it in items:
         it.answer = (it.answer + 1) % 4
     assert score_items(ByteNgram(docs), items).accuracy < res.accuracy
+
+
+@pytest.mark.parametrize("a,b,wins,losses,p", [
+    ([1, 1, 1, 1], [1, 1, 1, 1], 0, 0, 1.0),  # no disagreement: nothing to tell apart
+    ([0, 0, 1, 1], [1, 1, 1, 1], 0, 2, 0.5),  # 2 lost of 2 disagreements: 2 * (1/2)^2
+    ([1] * 6 + [0, 1], [0] * 6 + [1, 1], 6, 1, 0.125),  # 2 * (1 + 7) / 2^7
+    ([1] * 6, [0] * 6, 6, 0, 0.03125),  # 2 * (1/2)^6
+])
+def test_paired_mc_test_is_mcnemars_exact_test(a, b, wins, losses, p):
+    got = paired_mc_test(a, b)
+    assert (got["wins"], got["losses"], got["items"]) == (wins, losses, len(a))
+    assert got["p_value"] == pytest.approx(p)
+    assert paired_mc_test(b, a)["p_value"] == pytest.approx(p)  # two-sided: symmetric
+
+
+def test_paired_mc_test_refuses_unpaired_items():
+    with pytest.raises(EvalError, match="same items"):
+        paired_mc_test([1, 0], [1])
 
 
 def test_evaluate_takes_loaded_texts_not_domain_names(tiny_backend):

@@ -85,7 +85,7 @@ def quality_summary(quality: dict[str, dict[str, Any]]) -> dict[str, Any]:
     for d, q in quality.items():
         domains[d] = {"bpb": q["nll_nats"] / math.log(2) / q["n_bytes"] if q["n_bytes"] else None,
                       "n_bytes": q["n_bytes"], "mc_acc": q["mc_correct"] / q["mc_items"] if q["mc_items"] else None,
-                      "mc_items": q["mc_items"]}
+                      "mc_items": q["mc_items"], "mc_item_correct": q.get("mc_item_correct", [])}
     nll = sum(q["nll_nats"] for q in quality.values())
     n_bytes = sum(q["n_bytes"] for q in quality.values())
     items = sum(q["mc_items"] for q in quality.values())

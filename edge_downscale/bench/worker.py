@@ -112,8 +112,9 @@ class BackendSubject:
     def quality(self, pieces: list[str], items: list[MCItem]) -> dict[str, Any]:
         bpb = piece_bits_per_byte(self.backend, pieces)
         mc = score_items(self.backend, items, max_length=self.backend.context_length) if items else None
-        return {"nll_nats": bpb.nll_nats, "n_bytes": bpb.n_bytes, "mc_correct": round(mc.accuracy * mc.n_items) if mc else 0,
-                "mc_items": mc.n_items if mc else 0, "fallbacks": 0}
+        return {"nll_nats": bpb.nll_nats, "n_bytes": bpb.n_bytes, "mc_correct": sum(mc.item_correct) if mc else 0,
+                "mc_items": mc.n_items if mc else 0, "mc_item_correct": list(mc.item_correct) if mc else [],
+                "fallbacks": 0}
 
     def stream(self, prompt: str, cfg: GenerationConfig) -> Iterator[tuple[str, dict | None]]:
         for chunk in self.backend.generate(prompt, cfg, stream=True):
@@ -142,12 +143,13 @@ class EnsembleSubject:
             nll -= r.logprob
             n_bytes += len(piece.encode("utf-8"))
             fallbacks += len(r.fallbacks)
-        correct = 0
+        item_correct = []
         for item in items:
             r = self.ens.choose(item.context, item.choices)
-            correct += int(r.choice == item.answer)
+            item_correct.append(int(r.choice == item.answer))
             fallbacks += len(r.fallbacks)
-        return {"nll_nats": nll, "n_bytes": n_bytes, "mc_correct": correct, "mc_items": len(items), "fallbacks": fallbacks}
+        return {"nll_nats": nll, "n_bytes": n_bytes, "mc_correct": sum(item_correct), "mc_items": len(items),
+                "mc_item_correct": item_correct, "fallbacks": fallbacks}
 
     def _answer_tokens(self, resp) -> int:
         if self.strategy == "route":  # one member generated the answer: its own count

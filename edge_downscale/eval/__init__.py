@@ -12,11 +12,11 @@ from ..errors import ConfigError
 from ..runtime.base import Backend
 from .bpb import BpbResult, bits_per_byte, windows
 from .datafile import EVAL_DIR, read_eval_data, read_eval_file, write_eval_data, write_eval_file
-from .mc import MCItem, MCResult, build_items, score_items
+from .mc import MCItem, MCResult, build_items, paired_mc_test, score_items
 
 __all__ = [
     "BpbResult", "MCItem", "MCResult", "EvalConfig", "bits_per_byte", "build_items", "evaluate",
-    "score_items", "windows", "format_table", "markdown_table", "save_results",
+    "score_items", "paired_mc_test", "windows", "format_table", "markdown_table", "save_results",
     "EVAL_DIR", "read_eval_data", "read_eval_file", "write_eval_data", "write_eval_file",
 ]
 

@@ -4,11 +4,14 @@ Each item takes a passage of a held-out document, cuts it at a whitespace bounda
 and a continuation of about ``continuation_chars`` characters, and adds ``n_choices - 1``
 distractors: equally long spans starting at whitespace in *other* documents of the same domain.
 A model answers by the summed log-probability of each candidate given the context (``acc``); the
-per-byte normalised score is reported too (``acc_norm``). Chance is 1 / n_choices.
+per-byte normalised score is reported too (``acc_norm``). Chance is 1 / n_choices. Two models
+answering the same items compare by :func:`paired_mc_test` (McNemar's exact test on the items they
+disagree on).
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import re
 from typing import Sequence
@@ -94,6 +97,7 @@ class MCResult:
     accuracy_norm: float
     n_items: int
     chance: float
+    item_correct: tuple[int, ...] = ()  # 1 where the summed log-probability picked the answer, per item
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -105,14 +109,31 @@ def score_items(backend: Backend, items: Sequence[MCItem], *, max_length: int = 
     if not items:
         raise EvalError("no multiple-choice items: the held-out split has too little text")
     max_length = min(max_length, backend.context_length)
-    correct = correct_norm = 0
+    correct_norm = 0
+    item_correct: list[int] = []
     for item in items:
         sums = backend.option_logprobs(item.context, item.choices, max_length=max_length)  # (n_choices,)
         per_byte = sums / np.array([len(c.encode("utf-8")) for c in item.choices])
-        correct += int(np.argmax(sums) == item.answer)
+        item_correct.append(int(np.argmax(sums) == item.answer))
         correct_norm += int(np.argmax(per_byte) == item.answer)
         if progress is not None:
             progress.update(1)
     n = len(items)
-    return MCResult(accuracy=correct / n, accuracy_norm=correct_norm / n, n_items=n,
-                    chance=1.0 / len(items[0].choices))
+    return MCResult(accuracy=sum(item_correct) / n, accuracy_norm=correct_norm / n, n_items=n,
+                    chance=1.0 / len(items[0].choices), item_correct=tuple(item_correct))
+
+
+def paired_mc_test(a: Sequence[int], b: Sequence[int]) -> dict:
+    """McNemar's exact test of two models' per-item correctness (1/0) on the same items.
+
+    Only the items they disagree on count: ``wins`` (a right, b wrong) and ``losses`` (a wrong, b
+    right). Under "equally accurate" each disagreement is a fair coin, so the two-sided p-value is
+    the binomial probability of a split at least as uneven as the one seen.
+    """
+    if len(a) != len(b):
+        raise EvalError(f"paired items differ in number ({len(a)} vs {len(b)}): score both on the same items")
+    wins = sum(1 for x, y in zip(a, b) if x and not y)
+    losses = sum(1 for x, y in zip(a, b) if y and not x)
+    n, k = wins + losses, min(wins, losses)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n if n else 1.0  # P(X <= k), X ~ Bin(n, 1/2)
+    return {"wins": wins, "losses": losses, "items": len(a), "p_value": min(1.0, 2 * tail)}
