@@ -5,7 +5,8 @@ Each ``DOMAIN:RATIO[:MULTIPLE][:kd=TOKENS][:adapt=TOKENS]`` entry builds the rec
 cached by content, so the other domains and every finished task are reused), then sets the member's
 held-out bits-per-byte (the build's own ``heldout_bpb``: the bundle's test text, the member's bundled
 quantisation) against the dense teacher's, exported at the same quantisation and
-scored on the same text. The recipe's own widths are the first row of every domain. Prints a table and
+scored on the same text, and its multiple-choice answers on the bench's items against the teacher's
+(items won / lost, McNemar's exact p). The recipe's own widths are the first row of every domain. Prints a table and
 writes JSON; ``--merge`` keeps the rows of earlier runs in that JSON that this run did not rebuild (each
 row names the command that measured it).
 
@@ -31,7 +32,7 @@ from headline import teacher_export, width_at  # noqa: E402
 
 from edge_downscale._io import write_result  # noqa: E402
 from edge_downscale.bench import BenchConfig, piece_bits_per_byte, split_pieces  # noqa: E402
-from edge_downscale.eval import bits_per_byte, markdown_table, read_eval_data  # noqa: E402
+from edge_downscale.eval import bits_per_byte, markdown_table, paired_mc_test, read_eval_data, score_items  # noqa: E402
 from edge_downscale.pipeline import BuildConfig, build, load_recipe  # noqa: E402
 from edge_downscale.pipeline.cache import STAGE_FILE  # noqa: E402
 from edge_downscale.runtime import open_artifact  # noqa: E402
@@ -86,6 +87,8 @@ def main() -> None:
     ap.add_argument("--json", default=str(ROOT / "results/width_sweep.json"))
     ap.add_argument("--bench-bytes", type=int, default=6000, help="held-out bytes per domain of the bench-text "
                     "column (headline.py's --max-bytes): the text the headline study scores")
+    ap.add_argument("--mc-items", type=int, default=40, help="the bench's multiple-choice items per domain (the first "
+                    "N of the bundle's) to answer with member and teacher (headline.py's --mc-items; 0: skip)")
     ap.add_argument("--merge", action="store_true", help="keep the earlier rows of --json that this run does not "
                     "measure again (same domain, adaptation budget, recovery budget and width)")
     ap.add_argument("--laws-only", action="store_true", help="build nothing: fit the laws again on the rows of --json")
@@ -123,7 +126,8 @@ def main() -> None:
                 if (spec["quant"], d) not in teacher:  # the dense teacher at the member's quant, same text
                     teacher[spec["quant"], d] = (
                         _bpb(teacher_dir, evals[d][0], recipe.eval),
-                        _bench_bpb(teacher_dir, evals[d][0], args.bench_bytes))
+                        _bench_bpb(teacher_dir, evals[d][0], args.bench_bytes),
+                        _mc(teacher_dir, evals[d][1][:args.mc_items]))
                 prune = tasks[("prune", d)] if ("prune", d) in tasks else tasks[("prune", None)]
                 width = _kept_width(summary["work_dir"], prune["key"])
                 rows.append({"domain": d, "ratio": variant.section("prune", d).ratio,
@@ -137,6 +141,9 @@ def main() -> None:
                              "heldout_bytes": spec["heldout_bytes"],
                              "bench_bytes": args.bench_bytes, "teacher_bench_bpb": teacher[spec["quant"], d][1],
                              "member_bench_bpb": _bench_bpb(bundle / "members" / d, evals[d][0], args.bench_bytes)})
+                member_mc = _mc(bundle / "members" / d, evals[d][1][:args.mc_items])
+                if member_mc and teacher[spec["quant"], d][2]:
+                    rows[-1]["mc_vs_teacher"] = paired_mc_test(member_mc, teacher[spec["quant"], d][2])
     for r in rows:
         r["vs_teacher"] = r["member_bpb"] - r["teacher_bpb"]
         r["bench_vs_teacher"] = r["member_bench_bpb"] - r["teacher_bench_bpb"]
@@ -171,11 +178,12 @@ def mark_recipe(rows: list[dict], recipe) -> None:
 def rows_table(rows: list[dict]) -> str:
     return markdown_table([["domain", "adapt tokens", "KD tokens", "FFN width", "ratio", "quant", "MB",
                             "weight bytes/token vs teacher", "member bpb", "teacher bpb", "vs teacher",
-                            "vs teacher, bench text", "the recipe's"],
+                            "vs teacher, bench text", "MC items won/lost vs teacher (p)", "the recipe's"],
                            *([r["domain"], str(r["adapt_tokens"]), str(r.get("recover_tokens", "?")), str(r["ffn_width"]),
                               f"{r['ratio']:g}", r["quant"], f"{r['member_mb']:.0f}", f"{r['weight_bytes_vs_teacher']:.3f}",
                               f"{r['member_bpb']:.4f}", f"{r['teacher_bpb']:.4f}", f"{r['vs_teacher']:+.4f}",
                               f"{r['bench_vs_teacher']:+.4f}" if "bench_vs_teacher" in r else "-",
+                              "{wins}/{losses} ({p_value:.2g})".format(**r["mc_vs_teacher"]) if "mc_vs_teacher" in r else "-",
                               "yes" if r["recipe"] else ""] for r in rows)])
 
 
@@ -241,6 +249,14 @@ def _bench_bpb(model: Path, texts: list[str], max_bytes: int) -> float:
     """Bits-per-byte as ``bench`` scores it: the first ``max_bytes`` cut into its pieces, each from BOS."""
     with open_artifact(model) as backend:
         return piece_bits_per_byte(backend, split_pieces(texts, BenchConfig().piece_chars, max_bytes)).bits_per_byte
+
+
+def _mc(model: Path, items: list) -> list[int]:
+    """Per item, 1 where ``model`` picks the true continuation (as ``bench`` scores it); [] for no items."""
+    if not items:
+        return []
+    with open_artifact(model) as backend:
+        return list(score_items(backend, items, max_length=backend.context_length).item_correct)
 
 
 def _row_key(row: dict) -> tuple:
