@@ -38,7 +38,6 @@ import yaml  # noqa: E402
 
 from edge_downscale._io import atomic_path, cache_dir, write_result  # noqa: E402
 from edge_downscale.bench import BenchConfig, run_bench  # noqa: E402
-from edge_downscale.bench.summary import energy_ratio_interval  # noqa: E402
 from edge_downscale.data import iter_texts  # noqa: E402
 from edge_downscale.eval import markdown_table, paired_mc_test  # noqa: E402
 from edge_downscale.pipeline import BuildConfig, build, load_recipe  # noqa: E402
@@ -136,7 +135,7 @@ def targets(records: list[dict], domains: list[str], teacher: str, generalist: s
         row["j_per_token_vs_teacher"] = (r["j_per_token"] / t["j_per_token"]) if r["j_per_token"] and t["j_per_token"] else None
         row["j_per_token_vs_teacher_95"] = r.get("j_per_token_ratio_95")
         row["mc_vs_teacher"] = {d: r["domains"][d]["mc_acc"] - t["domains"][d]["mc_acc"] for d in domains}
-        # items won / lost against the teacher and McNemar's exact p (runs benched before per-item results: absent)
+        # items won / lost against the teacher and McNemar's exact p (none where the bench scored no MC items)
         row["mc_paired_vs_teacher"] = {d: paired_mc_test(r["domains"][d]["mc_item_correct"], t["domains"][d]["mc_item_correct"])
                                        for d in domains if r["domains"][d].get("mc_item_correct")
                                        and t["domains"][d].get("mc_item_correct")}
@@ -192,7 +191,7 @@ def main() -> None:
     ap.add_argument("--mc-items", type=int, default=40, help="multiple-choice items per domain")
     ap.add_argument("--rounds", type=int, default=48, help="timed speed/energy rounds (each sends one request to every "
                     "configuration; the prompts cycle over the domains, so 48 rounds ask each domain 16 times; the "
-                    "rounds take about 9 of the bench's minutes, the quality scoring the rest)")
+                    "quality scoring, not the rounds, takes most of the bench's time)")
     ap.add_argument("--laws", default=str(ROOT / "results/width_sweep.json"), help="width_sweep.py's JSON: its "
                     "compression laws say what width would match the generalist where the ensemble does not")
     ap.add_argument("--out", default=str(ROOT / "results/headline"), help="bench report directory")
@@ -207,12 +206,7 @@ def main() -> None:
             sys.exit(f"headline: --targets-only reads a finished run, and {args.json} does not exist")
         done = json.loads(Path(args.json).read_text(encoding="utf-8"))
         done.pop("environment", None)
-        report, ref = Path(args.out) / "report.json", done["bench"]["reference"]
-        if report.is_file():  # a run benched before bench gave the energy interval: the bench report keeps its rounds
-            rounds = {r["name"]: r["rounds"] for r in json.loads(report.read_text(encoding="utf-8"))["records"]}
-            for r in done["records"]:
-                r.setdefault("j_per_token_ratio_95", energy_ratio_interval(rounds.get(r["name"], []), rounds.get(ref, [])))
-        write_result(args.json, {**done, **summarise(done["records"], done["builds"], ref,
+        write_result(args.json, {**done, **summarise(done["records"], done["builds"], done["bench"]["reference"],
                                                      [d["name"] for d in done["recipe"]["domains"]], args)})
         return
 

@@ -93,6 +93,8 @@ def main() -> None:
                     "measure again (same domain, adaptation budget, recovery budget and width)")
     ap.add_argument("--laws-only", action="store_true", help="build nothing: fit the laws again on the rows of --json")
     args = ap.parse_args()
+    if args.mc_items < 0:
+        ap.error(f"--mc-items must be >= 0 (0: skip the MC column), got {args.mc_items}")
     command = " ".join([".venv/bin/python benchmarks/width_sweep.py", *sys.argv[1:]])
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     t0 = time.perf_counter()
@@ -124,10 +126,10 @@ def main() -> None:
                 spec = summary["specialists"][d]
                 teacher_dir = teacher_export(spec["quant"], log)
                 if (spec["quant"], d) not in teacher:  # the dense teacher at the member's quant, same text
-                    teacher[spec["quant"], d] = (
-                        _bpb(teacher_dir, evals[d][0], recipe.eval),
-                        _bench_bpb(teacher_dir, evals[d][0], args.bench_bytes),
-                        _mc(teacher_dir, evals[d][1][:args.mc_items]))
+                    teacher[spec["quant"], d] = {"bpb": _bpb(teacher_dir, evals[d][0], recipe.eval),
+                                                 "bench_bpb": _bench_bpb(teacher_dir, evals[d][0], args.bench_bytes),
+                                                 "mc": _mc(teacher_dir, evals[d][1][:args.mc_items])}
+                dense = teacher[spec["quant"], d]
                 prune = tasks[("prune", d)] if ("prune", d) in tasks else tasks[("prune", None)]
                 width = _kept_width(summary["work_dir"], prune["key"])
                 rows.append({"domain": d, "ratio": variant.section("prune", d).ratio,
@@ -137,13 +139,13 @@ def main() -> None:
                              "ffn_width": width, "quant": spec["quant"], "member_mb": spec["bytes"] / 1e6,
                              "weight_bytes_vs_teacher": weight_bytes_per_token(bundle / "members" / d) /
                              weight_bytes_per_token(teacher_dir),
-                             "member_bpb": spec["heldout_bpb"], "teacher_bpb": teacher[spec["quant"], d][0],
+                             "member_bpb": spec["heldout_bpb"], "teacher_bpb": dense["bpb"],
                              "heldout_bytes": spec["heldout_bytes"],
-                             "bench_bytes": args.bench_bytes, "teacher_bench_bpb": teacher[spec["quant"], d][1],
+                             "bench_bytes": args.bench_bytes, "teacher_bench_bpb": dense["bench_bpb"],
                              "member_bench_bpb": _bench_bpb(bundle / "members" / d, evals[d][0], args.bench_bytes)})
-                member_mc = _mc(bundle / "members" / d, evals[d][1][:args.mc_items])
-                if member_mc and teacher[spec["quant"], d][2]:
-                    rows[-1]["mc_vs_teacher"] = paired_mc_test(member_mc, teacher[spec["quant"], d][2])
+                if dense["mc"]:
+                    rows[-1]["mc_vs_teacher"] = paired_mc_test(_mc(bundle / "members" / d, evals[d][1][:args.mc_items]),
+                                                               dense["mc"])
     for r in rows:
         r["vs_teacher"] = r["member_bpb"] - r["teacher_bpb"]
         r["bench_vs_teacher"] = r["member_bench_bpb"] - r["teacher_bench_bpb"]
