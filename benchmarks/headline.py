@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -60,15 +61,21 @@ def run_build(recipe: Path, out: Path, work_dir: str | None, log) -> dict:
     return summary
 
 
+def data_dirs(summary: dict, work: Path) -> dict[str, Path]:
+    """``{domain: the corpus directory its specialist was built from}`` in a build's summary (after data
+    pruning where the recipe prunes: its test split is the corpus's own)."""
+    kinds = {t["domain"]: t for t in summary["tasks"] if t["kind"] in ("corpus", "dataprune")}  # dataprune wins
+    return {d: work / t["kind"] / t["key"] for d, t in kinds.items()}
+
+
 def union_corpus(summary: dict, work: Path) -> Path:
     """The training text of every domain, as one JSONL corpus (what the generalist is adapted on).
 
     Written once per content into the work dir (``headline/union-<sha256>.jsonl``): a build keys a
     corpus file by its path, size and mtime, so a rerun finds the same file and reuses the generalist.
     """
-    kinds = {t["domain"]: t for t in summary["tasks"] if t["kind"] in ("corpus", "dataprune")}  # dataprune wins
-    lines = [json.dumps({"text": text}) + "\n" for _, t in sorted(kinds.items())
-             for text in iter_texts(work / t["kind"] / t["key"], "train")]
+    lines = [json.dumps({"text": text}) + "\n" for _, path in sorted(data_dirs(summary, work).items())
+             for text in iter_texts(path, "train")]
     body = "".join(lines).encode("utf-8")
     path = work / "headline" / f"union-{hashlib.sha256(body).hexdigest()[:16]}.jsonl"
     if not path.is_file():
@@ -76,6 +83,36 @@ def union_corpus(summary: dict, work: Path) -> Path:
         with atomic_path(path) as tmp:
             tmp.write_bytes(body)
     return path
+
+
+def study_builds(recipe_path: str, profile: str | None, work_dir: str | None, tmp: Path, log, *,
+                 generalist: bool = True, union: str | None = None) -> tuple[Any, dict, list[tuple[str, Path]]]:
+    """Build (or reuse from the cache) the study's models under ``tmp``: the recipe's specialists, the same
+    specialists unpruned (adapt only) and the compute-matched generalist (the teacher adapted on the union
+    of the domains' train splits for as many tokens as all specialists together, adapt + recover).
+
+    Returns (the recipe, {build name: its summary}, the study's rows as (label, directory): the
+    specialists' bundle, then each unpruned specialist and the generalist, members alone)."""
+    recipe = load_recipe(recipe_path, profile)
+    base = recipe.to_dict()
+    domains = [d.name for d in recipe.domains]
+    work = Path(work_dir).expanduser() if work_dir else cache_dir("build")
+    recipes = {"specialists": Path(recipe_path) if not profile else derived_recipe(base, tmp / "specialists.yaml"),
+               "unpruned": derived_recipe(base, tmp / "unpruned.yaml", name="unpruned", stages=["adapt"])}
+    builds = {name: run_build(path, tmp / name, work_dir, log) for name, path in recipes.items()}
+    tokens = sum(recipe.section("adapt", d).train.token_budget * ("adapt" in recipe.stages) +
+                 recipe.section("recover", d).train.token_budget * ("recover" in recipe.stages) for d in domains)
+    if generalist:
+        corpus = Path(union) if union else union_corpus(builds["specialists"], work)
+        adapt = {**base["adapt"], "train": {**base["adapt"]["train"], "token_budget": tokens}}
+        builds["generalist"] = run_build(derived_recipe(base, tmp / "generalist.yaml", name="generalist",
+                                                        stages=["adapt"], domains=[{"name": "general", "corpus": str(corpus)}],
+                                                        data={**base["data"], "prune": None}, adapt=adapt),
+                                         tmp / "generalist", work_dir, log)
+    rows = [("specialists", tmp / "specialists"), *[(f"unpruned/{d}", tmp / "unpruned" / "members" / d) for d in domains]]
+    if "generalist" in builds:
+        rows.append(("generalist", tmp / "generalist" / "members" / "general"))
+    return recipe, builds, rows
 
 
 def teacher_export(quant: str, log) -> Path:
@@ -210,27 +247,10 @@ def main() -> None:
                                                      [d["name"] for d in done["recipe"]["domains"]], args)})
         return
 
-    recipe = load_recipe(args.recipe, args.profile)
-    base = recipe.to_dict()
-    domains = [d.name for d in recipe.domains]
-    work = Path(args.work_dir).expanduser() if args.work_dir else cache_dir("build")
     tmp = Path(tempfile.mkdtemp(prefix="headline-"))
-    builds = {}
-    builds["specialists"] = run_build(Path(args.recipe) if not args.profile else
-                                      derived_recipe(base, tmp / "specialists.yaml"), tmp / "specialists",
-                                      args.work_dir, log)
-    builds["unpruned"] = run_build(derived_recipe(base, tmp / "unpruned.yaml", name="unpruned", stages=["adapt"]),
-                                   tmp / "unpruned", args.work_dir, log)
-    tokens = sum(recipe.section("adapt", d).train.token_budget * ("adapt" in recipe.stages) +
-                 recipe.section("recover", d).train.token_budget * ("recover" in recipe.stages) for d in domains)
-    if not args.no_generalist:
-        union = Path(args.union) if args.union else union_corpus(builds["specialists"], work)
-        adapt = {**base["adapt"], "train": {**base["adapt"]["train"], "token_budget": tokens}}
-        builds["generalist"] = run_build(derived_recipe(base, tmp / "generalist.yaml", name="generalist",
-                                                        stages=["adapt"], domains=[{"name": "general", "corpus": str(union)}],
-                                                        data={**base["data"], "prune": None}, adapt=adapt),
-                                         tmp / "generalist", args.work_dir, log)
-
+    recipe, builds, rows = study_builds(args.recipe, args.profile, args.work_dir, tmp, log,
+                                        generalist=not args.no_generalist, union=args.union)
+    base, domains = recipe.to_dict(), [d.name for d in recipe.domains]
     quants = sorted({s["quant"] for s in builds["specialists"]["specialists"].values()})
     baselines = [(f"teacher-{q}", str(teacher_export(q, log))) for q in quants]
     from edge_downscale.models import pull
@@ -238,14 +258,11 @@ def main() -> None:
     baselines.append(("teacher-q4_1-shipped", str(pull("smollm2-135m"))))
     if not args.no_gemma:
         baselines.append(("gemma3-270m", str(pull("gemma3-270m"))))
-    members = [(f"unpruned/{d}", tmp / "unpruned" / "members" / d) for d in domains]
-    if "generalist" in builds:
-        members.append(("generalist", tmp / "generalist" / "members" / "general"))
     # on 2 cores the quality pass dominates: 11 configurations took 37 min (vote and mixture run three members each)
     config = BenchConfig.quick() if args.quick else BenchConfig(max_bytes=args.max_bytes, mc_items=args.mc_items,
                                                                 rounds=args.rounds, n_prompts=3, max_tokens=32)
     config = dataclasses.replace(config, overwrite=True)  # the study owns its report directory
-    report = run_bench([("specialists", str(tmp / "specialists"))] + [(label, str(p)) for label, p in members], config,
+    report = run_bench([(label, str(p)) for label, p in rows], config,
                        baselines=baselines, out=args.out, progress=True)
     records = [{k: v for k, v in r.items() if k not in ("rounds", "per_round")} for r in report["records"]]
     write_result(args.json, {"recipe": base, "profile": args.profile, "builds": builds, "bench": report["bench"],

@@ -143,9 +143,10 @@ def main() -> None:
                              "heldout_bytes": spec["heldout_bytes"],
                              "bench_bytes": args.bench_bytes, "teacher_bench_bpb": dense["bench_bpb"],
                              "member_bench_bpb": _bench_bpb(bundle / "members" / d, evals[d][0], args.bench_bytes)})
-                if dense["mc"]:
-                    rows[-1]["mc_vs_teacher"] = paired_mc_test(_mc(bundle / "members" / d, evals[d][1][:args.mc_items]),
-                                                               dense["mc"])
+                if dense["mc"]:  # per item, so which items a member loses can be read from the JSON
+                    mine = _mc(bundle / "members" / d, evals[d][1][:args.mc_items])
+                    rows[-1].update(mc_item_correct=mine, teacher_mc_item_correct=dense["mc"],
+                                    mc_vs_teacher=paired_mc_test(mine, dense["mc"]))
     for r in rows:
         r["vs_teacher"] = r["member_bpb"] - r["teacher_bpb"]
         r["bench_vs_teacher"] = r["member_bench_bpb"] - r["teacher_bench_bpb"]
