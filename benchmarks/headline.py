@@ -268,9 +268,9 @@ def main() -> None:
     write_result(args.json, {"recipe": base, "profile": args.profile, "builds": builds, "bench": report["bench"],
                              "records": records, **summarise(records, builds, baselines[0][0], domains, args),
                              "seconds": round(time.perf_counter() - t_start, 1)})
-    for name in ("quality_vs_energy.png", "bpb_by_domain.png"):
+    for name in ("quality_vs_energy.png", "bpb_by_domain.png"):  # beside --json: results/headline_<plot> by default
         if (Path(args.out) / name).is_file():
-            shutil.copyfile(Path(args.out) / name, ROOT / "results" / f"headline_{name}")
+            shutil.copyfile(Path(args.out) / name, Path(args.json).with_name(f"{Path(args.json).stem}_{name}"))
     shutil.rmtree(tmp, ignore_errors=True)
 
 
