@@ -42,10 +42,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 BUDGETS = {"kd": "recover", "adapt": "adapt"}  # DOMAIN:RATIO:kd=N / adapt=N -> that stage's token budget
+KD_TRAINS = ("ffn", "all", "lora")  # DOMAIN:RATIO:trains=all -> what the recovery (KD) trains; the recipe's: ffn
 
 
 def parse_entry(text: str, domains: list[str]) -> tuple[str, dict]:
-    """``DOMAIN:RATIO[:MULTIPLE][:kd=TOKENS][:adapt=TOKENS]`` -> (domain, that domain's recipe overrides)."""
+    """``DOMAIN:RATIO[:MULTIPLE][:kd=TOKENS][:adapt=TOKENS][:trains=ffn|all|lora]`` -> (domain, that domain's
+    recipe overrides)."""
     name, *parts = text.split(":")
     try:
         if name not in domains or not parts:
@@ -55,13 +57,17 @@ def parse_entry(text: str, domains: list[str]) -> tuple[str, dict]:
             key, _, value = part.rpartition("=")
             if not key:
                 over["prune"]["multiple"] = int(value)
+            elif key == "trains":
+                if value not in KD_TRAINS:
+                    raise ValueError
+                over.setdefault("recover", {}).setdefault("train", {})["train"] = value
             else:
-                over[BUDGETS[key]] = {"train": {"token_budget": int(value)}}
+                over.setdefault(BUDGETS[key], {}).setdefault("train", {})["token_budget"] = int(value)
         if not 0 < over["prune"]["ratio"] < 1:
             raise ValueError
     except (ValueError, KeyError):
-        sys.exit(f"width_sweep: {text!r} is not DOMAIN:RATIO[:MULTIPLE][:kd=TOKENS][:adapt=TOKENS] with a domain "
-                 f"of the recipe ({', '.join(domains)}) and a ratio in (0, 1)")
+        sys.exit(f"width_sweep: {text!r} is not DOMAIN:RATIO[:MULTIPLE][:kd=TOKENS][:adapt=TOKENS][:trains=ffn|all|lora] "
+                 f"with a domain of the recipe ({', '.join(domains)}) and a ratio in (0, 1)")
     return name, over
 
 
@@ -80,8 +86,9 @@ def build_variant(base: dict, name: str, domain: str | None, over: dict | None, 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("entries", nargs="*", help="DOMAIN:RATIO[:MULTIPLE][:kd=TOKENS][:adapt=TOKENS]: that domain's "
-                    "prune ratio (and FFN width multiple), recovery and adaptation budgets, to build and score")
+    ap.add_argument("entries", nargs="*", help="DOMAIN:RATIO[:MULTIPLE][:kd=TOKENS][:adapt=TOKENS][:trains=ffn|all|lora]: "
+                    "that domain's prune ratio (and FFN width multiple), recovery and adaptation budgets and what the "
+                    "recovery trains, to build and score")
     ap.add_argument("--recipe", default=str(ROOT / "examples/recipes/smollm2-edge.yaml"))
     ap.add_argument("--work-dir", default=None, help="the build cache (default: the user cache)")
     ap.add_argument("--json", default=str(ROOT / "results/width_sweep.json"))
@@ -136,6 +143,7 @@ def main() -> None:
                              "adapt_tokens": variant.section("adapt", d).train.token_budget if "adapt" in recipe.stages else 0,
                              "recover_tokens": variant.section("recover", d).train.token_budget
                              if "recover" in recipe.stages else 0,
+                             "recover_trains": variant.section("recover", d).train.train,
                              "ffn_width": width, "quant": spec["quant"], "member_mb": spec["bytes"] / 1e6,
                              "weight_bytes_vs_teacher": weight_bytes_per_token(bundle / "members" / d) /
                              weight_bytes_per_token(teacher_dir),
@@ -173,16 +181,17 @@ def mark_recipe(rows: list[dict], recipe) -> None:
     for r in rows:
         d = r["domain"]
         r["recipe"] = (abs(r["ratio"] - recipe.section("prune", d).ratio) < 1e-9 and
-                       r["adapt_tokens"] == budget("adapt", d) and r.get("recover_tokens", 0) == budget("recover", d))
+                       r["adapt_tokens"] == budget("adapt", d) and r.get("recover_tokens", 0) == budget("recover", d)
+                       and _trains(r) == recipe.section("recover", d).train.train)
     rows.sort(key=lambda r: (recipe.domain_names.index(r["domain"]), -r["adapt_tokens"], -r.get("recover_tokens", 0),
-                             -r["ffn_width"]))
+                             _trains(r) != "ffn", -r["ffn_width"]))
 
 
 def rows_table(rows: list[dict]) -> str:
     return markdown_table([["domain", "adapt tokens", "KD tokens", "FFN width", "ratio", "quant", "MB",
                             "weight bytes/token vs teacher", "member bpb", "teacher bpb", "vs teacher",
                             "vs teacher, bench text", "MC items won/lost vs teacher (p)", "the recipe's"],
-                           *([r["domain"], str(r["adapt_tokens"]), str(r.get("recover_tokens", "?")), str(r["ffn_width"]),
+                           *([r["domain"], str(r["adapt_tokens"]), str(r.get("recover_tokens", "?")) + ("" if _trains(r) == "ffn" else f" ({_trains(r)})"), str(r["ffn_width"]),
                               f"{r['ratio']:g}", r["quant"], f"{r['member_mb']:.0f}", f"{r['weight_bytes_vs_teacher']:.3f}",
                               f"{r['member_bpb']:.4f}", f"{r['teacher_bpb']:.4f}", f"{r['vs_teacher']:+.4f}",
                               f"{r['bench_vs_teacher']:+.4f}" if "bench_vs_teacher" in r else "-",
@@ -206,7 +215,8 @@ def fit_laws(rows: list[dict], recipe) -> dict[str, dict]:
     out = {}
     for d in recipe.domain_names:
         adapt = recipe.section("adapt", d).train.token_budget if "adapt" in recipe.stages else 0
-        mine = [r for r in rows if r["domain"] == d and r["adapt_tokens"] == adapt and r.get("recover_tokens")]
+        mine = [r for r in rows if r["domain"] == d and r["adapt_tokens"] == adapt and r.get("recover_tokens")
+                and _trains(r) == recipe.section("recover", d).train.train]  # one family: what the recipe's KD trains
         if len(mine) < 3:
             continue
         # bytes per token are linear in the FFN width: width_at(line, r) inverts that line
@@ -264,7 +274,12 @@ def _mc(model: Path, items: list) -> list[int]:
 
 def _row_key(row: dict) -> tuple:
     """What makes two rows the same measurement (a rebuild of the same tasks gives the same numbers)."""
-    return row["domain"], row["adapt_tokens"], row.get("recover_tokens"), row["ffn_width"], row["quant"]
+    return row["domain"], row["adapt_tokens"], row.get("recover_tokens"), _trains(row), row["ffn_width"], row["quant"]
+
+
+def _trains(row: dict) -> str:
+    """What the row's recovery trained (rows from before the field was recorded trained the FFNs)."""
+    return row.get("recover_trains", "ffn")
 
 
 def _kept_width(work_dir: str, key: str) -> int:
