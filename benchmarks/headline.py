@@ -40,6 +40,7 @@ import yaml  # noqa: E402
 from edge_downscale._io import atomic_path, cache_dir, write_result  # noqa: E402
 from edge_downscale.bench import BenchConfig, run_bench  # noqa: E402
 from edge_downscale.data import iter_texts  # noqa: E402
+from edge_downscale.errors import EdgeDownscaleError  # noqa: E402
 from edge_downscale.eval import markdown_table, paired_mc_test  # noqa: E402
 from edge_downscale.pipeline import BuildConfig, build, load_recipe  # noqa: E402
 
@@ -275,4 +276,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except EdgeDownscaleError as e:  # a bad recipe, a missing model: one line, no traceback
+        sys.exit(f"headline: {e}")

@@ -30,6 +30,7 @@ from headline import data_dirs, study_builds, teacher_export  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from edge_downscale._io import write_result  # noqa: E402
+from edge_downscale.errors import EdgeDownscaleError  # noqa: E402
 from edge_downscale.eval import markdown_table, paired_mc_test, read_eval_data, score_items  # noqa: E402
 from edge_downscale.pipeline.stages import eval_data  # noqa: E402
 from edge_downscale.runtime import Ensemble, open_artifact  # noqa: E402
@@ -92,23 +93,19 @@ def main() -> None:
         quant = sorted({s["quant"] for s in spec["specialists"].values()})[0]
         teacher = teacher_export(quant, log)
         paths = dict(rows)
-        # (label, {domain: how it answers that domain's items})
-        models = [(f"teacher-{quant}", {d: lambda its, bar: answer_member(teacher, its, bar) for d in domains}),
-                  ("specialists[route]", {d: lambda its, bar: answer_route(paths["specialists"], its, bar) for d in domains}),
-                  ("unpruned (own domain)", {d: (lambda its, bar, d=d: answer_member(paths[f"unpruned/{d}"], its, bar))
-                                             for d in domains})]
+        answer = {f"teacher-{quant}": lambda d, its, bar: answer_member(teacher, its, bar),  # (domain, items, bar)
+                  "specialists[route]": lambda d, its, bar: answer_route(paths["specialists"], its, bar),
+                  "unpruned (own domain)": lambda d, its, bar: answer_member(paths[f"unpruned/{d}"], its, bar)}
         if "generalist" in paths:
-            models.append(("generalist", {d: lambda its, bar: answer_member(paths["generalist"], its, bar) for d in domains}))
-        correct: dict[str, dict[str, list[int]]] = {}
-        with tqdm(total=len(models) * sum(map(len, items.values())), unit="item", desc="mc") as bar:
-            for label, how in models:
-                correct[label] = {d: how[d](items[d], bar) for d in domains}
-    ref = models[0][0]
+            answer["generalist"] = lambda d, its, bar: answer_member(paths["generalist"], its, bar)
+        with tqdm(total=len(answer) * sum(map(len, items.values())), unit="item", desc="mc") as bar:
+            correct = {label: {d: how(d, items[d], bar) for d in domains} for label, how in answer.items()}
+    ref = next(iter(answer))
     result = {"items": {d: len(items[d]) for d in domains}, "bench_items": args.bench_items, "reference": ref,
               "correct": correct, "models": {}}
     table = [["model", *[f"{d} MC ({k})" for d in domains for k in (args.bench_items, len(items[d]))],
               *[f"{d} won/lost vs teacher (p), all items" for d in domains]]]
-    for label, _ in models:
+    for label in answer:
         row = result["models"][label] = {}
         for d in domains:
             c, t = correct[label][d], correct[ref][d]
@@ -125,4 +122,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except EdgeDownscaleError as e:  # a bad recipe, a missing model: one line, no traceback
+        sys.exit(f"mc_power: {e}")

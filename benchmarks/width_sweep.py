@@ -32,6 +32,7 @@ from headline import teacher_export, width_at  # noqa: E402
 
 from edge_downscale._io import write_result  # noqa: E402
 from edge_downscale.bench import BenchConfig, piece_bits_per_byte, split_pieces  # noqa: E402
+from edge_downscale.errors import EdgeDownscaleError  # noqa: E402
 from edge_downscale.eval import bits_per_byte, markdown_table, paired_mc_test, read_eval_data, score_items  # noqa: E402
 from edge_downscale.pipeline import BuildConfig, build, load_recipe  # noqa: E402
 from edge_downscale.pipeline.cache import STAGE_FILE  # noqa: E402
@@ -287,4 +288,7 @@ def _kept_width(work_dir: str, key: str) -> int:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except EdgeDownscaleError as e:  # a bad recipe, a missing model: one line, no traceback
+        sys.exit(f"width_sweep: {e}")
