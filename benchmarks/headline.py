@@ -30,7 +30,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -41,8 +40,9 @@ from edge_downscale._io import atomic_path, cache_dir, write_result  # noqa: E40
 from edge_downscale.bench import BenchConfig, run_bench  # noqa: E402
 from edge_downscale.data import iter_texts  # noqa: E402
 from edge_downscale.errors import EdgeDownscaleError  # noqa: E402
-from edge_downscale.eval import markdown_table, paired_mc_test  # noqa: E402
-from edge_downscale.pipeline import BuildConfig, build, load_recipe  # noqa: E402
+from edge_downscale.eval import markdown_table, paired_mc_test, score_items  # noqa: E402
+from edge_downscale.pipeline import BuildConfig, Recipe, build, load_recipe  # noqa: E402
+from edge_downscale.runtime import open_artifact  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,7 +87,7 @@ def union_corpus(summary: dict, work: Path) -> Path:
 
 
 def study_builds(recipe_path: str, profile: str | None, work_dir: str | None, tmp: Path, log, *,
-                 generalist: bool = True, union: str | None = None) -> tuple[Any, dict, list[tuple[str, Path]]]:
+                 generalist: bool = True, union: str | None = None) -> tuple[Recipe, dict, list[tuple[str, Path]]]:
     """Build (or reuse from the cache) the study's models under ``tmp``: the recipe's specialists, the same
     specialists unpruned (adapt only) and the compute-matched generalist (the teacher adapted on the union
     of the domains' train splits for as many tokens as all specialists together, adapt + recover).
@@ -114,6 +114,15 @@ def study_builds(recipe_path: str, profile: str | None, work_dir: str | None, tm
     if "generalist" in builds:
         rows.append(("generalist", tmp / "generalist" / "members" / "general"))
     return recipe, builds, rows
+
+
+def member_mc(model: Path, items: list, progress=None) -> list[int]:
+    """Per item, 1 where the model in ``model`` (an export directory) picks the true continuation, as ``bench``
+    scores it; [] for no items."""
+    if not items:
+        return []
+    with open_artifact(model) as backend:
+        return list(score_items(backend, items, max_length=backend.context_length, progress=progress).item_correct)
 
 
 def teacher_export(quant: str, log) -> Path:
@@ -271,7 +280,8 @@ def main() -> None:
                              "seconds": round(time.perf_counter() - t_start, 1)})
     for name in ("quality_vs_energy.png", "bpb_by_domain.png"):  # beside --json: results/headline_<plot> by default
         if (Path(args.out) / name).is_file():
-            shutil.copyfile(Path(args.out) / name, Path(args.json).with_name(f"{Path(args.json).stem}_{name}"))
+            with atomic_path(Path(args.json).with_name(f"{Path(args.json).stem}_{name}")) as dest:
+                shutil.copyfile(Path(args.out) / name, dest)
     shutil.rmtree(tmp, ignore_errors=True)
 
 

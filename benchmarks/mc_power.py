@@ -26,14 +26,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from headline import data_dirs, study_builds, teacher_export  # noqa: E402
+from headline import data_dirs, member_mc, study_builds, teacher_export  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from edge_downscale._io import write_result  # noqa: E402
 from edge_downscale.errors import EdgeDownscaleError  # noqa: E402
-from edge_downscale.eval import markdown_table, paired_mc_test, read_eval_data, score_items  # noqa: E402
+from edge_downscale.eval import markdown_table, paired_mc_test, read_eval_data  # noqa: E402
 from edge_downscale.pipeline.stages import eval_data  # noqa: E402
-from edge_downscale.runtime import Ensemble, open_artifact  # noqa: E402
+from edge_downscale.runtime import Ensemble  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,11 +50,6 @@ def items_for(recipe, summary: dict, n: int) -> dict[str, list]:
             sys.exit(f"mc_power: the {d} items drawn here do not start with the bundle's; rebuild the bundle")
         out[d] = items
     return out
-
-
-def answer_member(path: Path, items: list, bar) -> list[int]:
-    with open_artifact(path) as backend:
-        return list(score_items(backend, items, max_length=backend.context_length, progress=bar).item_correct)
 
 
 def answer_route(bundle: Path, items: list, bar) -> list[int]:
@@ -93,11 +88,11 @@ def main() -> None:
         quant = sorted({s["quant"] for s in spec["specialists"].values()})[0]
         teacher = teacher_export(quant, log)
         paths = dict(rows)
-        answer = {f"teacher-{quant}": lambda d, its, bar: answer_member(teacher, its, bar),  # (domain, items, bar)
+        answer = {f"teacher-{quant}": lambda d, its, bar: member_mc(teacher, its, bar),  # (domain, items, bar)
                   "specialists[route]": lambda d, its, bar: answer_route(paths["specialists"], its, bar),
-                  "unpruned (own domain)": lambda d, its, bar: answer_member(paths[f"unpruned/{d}"], its, bar)}
+                  "unpruned (own domain)": lambda d, its, bar: member_mc(paths[f"unpruned/{d}"], its, bar)}
         if "generalist" in paths:
-            answer["generalist"] = lambda d, its, bar: answer_member(paths["generalist"], its, bar)
+            answer["generalist"] = lambda d, its, bar: member_mc(paths["generalist"], its, bar)
         with tqdm(total=len(answer) * sum(map(len, items.values())), unit="item", desc="mc") as bar:
             correct = {label: {d: how(d, items[d], bar) for d in domains} for label, how in answer.items()}
     ref = next(iter(answer))

@@ -28,12 +28,12 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from headline import teacher_export, width_at  # noqa: E402
+from headline import member_mc, teacher_export, width_at  # noqa: E402
 
 from edge_downscale._io import write_result  # noqa: E402
 from edge_downscale.bench import BenchConfig, piece_bits_per_byte, split_pieces  # noqa: E402
 from edge_downscale.errors import EdgeDownscaleError  # noqa: E402
-from edge_downscale.eval import bits_per_byte, markdown_table, paired_mc_test, read_eval_data, score_items  # noqa: E402
+from edge_downscale.eval import bits_per_byte, markdown_table, paired_mc_test, read_eval_data  # noqa: E402
 from edge_downscale.pipeline import BuildConfig, build, load_recipe  # noqa: E402
 from edge_downscale.pipeline.cache import STAGE_FILE  # noqa: E402
 from edge_downscale.runtime import open_artifact  # noqa: E402
@@ -136,7 +136,7 @@ def main() -> None:
                 if (spec["quant"], d) not in teacher:  # the dense teacher at the member's quant, same text
                     teacher[spec["quant"], d] = {"bpb": _bpb(teacher_dir, evals[d][0], recipe.eval),
                                                  "bench_bpb": _bench_bpb(teacher_dir, evals[d][0], args.bench_bytes),
-                                                 "mc": _mc(teacher_dir, evals[d][1][:args.mc_items])}
+                                                 "mc": member_mc(teacher_dir, evals[d][1][:args.mc_items])}
                 dense = teacher[spec["quant"], d]
                 prune = tasks[("prune", d)] if ("prune", d) in tasks else tasks[("prune", None)]
                 width = _kept_width(summary["work_dir"], prune["key"])
@@ -153,7 +153,7 @@ def main() -> None:
                              "bench_bytes": args.bench_bytes, "teacher_bench_bpb": dense["bench_bpb"],
                              "member_bench_bpb": _bench_bpb(bundle / "members" / d, evals[d][0], args.bench_bytes)})
                 if dense["mc"]:  # per item, so which items a member loses can be read from the JSON
-                    mine = _mc(bundle / "members" / d, evals[d][1][:args.mc_items])
+                    mine = member_mc(bundle / "members" / d, evals[d][1][:args.mc_items])
                     rows[-1].update(mc_item_correct=mine, teacher_mc_item_correct=dense["mc"],
                                     mc_vs_teacher=paired_mc_test(mine, dense["mc"]))
     for r in rows:
@@ -192,7 +192,9 @@ def rows_table(rows: list[dict]) -> str:
     return markdown_table([["domain", "adapt tokens", "KD tokens", "FFN width", "ratio", "quant", "MB",
                             "weight bytes/token vs teacher", "member bpb", "teacher bpb", "vs teacher",
                             "vs teacher, bench text", "MC items won/lost vs teacher (p)", "the recipe's"],
-                           *([r["domain"], str(r["adapt_tokens"]), str(r.get("recover_tokens", "?")) + ("" if _trains(r) == "ffn" else f" ({_trains(r)})"), str(r["ffn_width"]),
+                           *([r["domain"], str(r["adapt_tokens"]),
+                              str(r.get("recover_tokens", "?")) + ("" if _trains(r) == "ffn" else f" ({_trains(r)})"),
+                              str(r["ffn_width"]),
                               f"{r['ratio']:g}", r["quant"], f"{r['member_mb']:.0f}", f"{r['weight_bytes_vs_teacher']:.3f}",
                               f"{r['member_bpb']:.4f}", f"{r['teacher_bpb']:.4f}", f"{r['vs_teacher']:+.4f}",
                               f"{r['bench_vs_teacher']:+.4f}" if "bench_vs_teacher" in r else "-",
@@ -263,14 +265,6 @@ def _bench_bpb(model: Path, texts: list[str], max_bytes: int) -> float:
     """Bits-per-byte as ``bench`` scores it: the first ``max_bytes`` cut into its pieces, each from BOS."""
     with open_artifact(model) as backend:
         return piece_bits_per_byte(backend, split_pieces(texts, BenchConfig().piece_chars, max_bytes)).bits_per_byte
-
-
-def _mc(model: Path, items: list) -> list[int]:
-    """Per item, 1 where ``model`` picks the true continuation (as ``bench`` scores it); [] for no items."""
-    if not items:
-        return []
-    with open_artifact(model) as backend:
-        return list(score_items(backend, items, max_length=backend.context_length).item_correct)
 
 
 def _row_key(row: dict) -> tuple:
