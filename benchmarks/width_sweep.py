@@ -1,7 +1,8 @@
 """How far each specialist can be pruned and still beat the dense teacher, after recovery.
 
-Each ``DOMAIN:RATIO[:MULTIPLE][:kd=TOKENS][:adapt=TOKENS]`` entry builds the recipe with that domain's
-``prune`` override replaced, and its recovery or adaptation budget where given (``edge-downscale build``,
+Each ``DOMAIN:RATIO[:MULTIPLE][:kd=TOKENS][:adapt=TOKENS][:trains=ffn|all|lora]`` entry builds the recipe with
+that domain's ``prune`` override replaced, and its recovery or adaptation budget and what the recovery trains
+where given (``edge-downscale build``,
 cached by content, so the other domains and every finished task are reused), then sets the member's
 held-out bits-per-byte (the build's own ``heldout_bpb``: the bundle's test text, the member's bundled
 quantisation) against the dense teacher's, exported at the same quantisation and
